@@ -1,0 +1,91 @@
+"""`agentsvc serve | migrate | keys create`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+
+from app.settings import Role, Settings
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Run LLM agents in production.")
+keys = typer.Typer(no_args_is_help=True, help="Manage API keys.")
+cli.add_typer(keys, name="keys")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    return settings
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Overrides AGENTSVC_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides AGENTSVC_PORT")] = None,
+) -> None:
+    """Start the API (migrating a SQLite database first)."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.store.migrate import upgrade
+
+    settings = _settings()
+    if settings.is_sqlite:
+        upgrade(settings.database_url)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level,
+        proxy_headers=True,
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest revision."""
+    from app.store.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    typer.echo("database is at the latest revision")
+
+
+@keys.command("create")
+def create_key(
+    user: Annotated[str, typer.Option(help="The user the key belongs to")],
+    role: Annotated[str, typer.Option(help="user, approver or admin")] = "user",
+) -> None:
+    """Create an API key and print it once (only its keyed hash is stored)."""
+    from app.services.auth import Authenticator
+    from app.settings import ROLES
+    from app.store.db import Database, create_engine
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}", param_hint="--role")
+    settings = _settings()
+    checked_role: Role = role
+
+    async def create() -> str:
+        db = Database(create_engine(settings.database_url, pool_size=1))
+        try:
+            auth = Authenticator(secret=settings.secret_key.get_secret_value(), db=db)
+            return await auth.create_key(user_id=user, role=checked_role)
+        finally:
+            await db.dispose()
+
+    if settings.is_sqlite:
+        from app.store.migrate import upgrade
+
+        upgrade(settings.database_url)
+    typer.echo(asyncio.run(create()))
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,210 @@
+"""Wire plumbing shared by the HTTP providers: POST JSON, read SSE, map failures.
+
+Every httpx exception and non-2xx answer leaves this module as a typed
+`ProviderError`, so the provider modules only translate shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+import orjson
+
+from app.llm.errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderServerError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from app.llm.types import JsonObject
+
+_MAX_ERROR_TEXT = 500
+
+
+def as_object(value: object) -> JsonObject:
+    """`value` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_objects(value: object) -> list[JsonObject]:
+    """The JSON objects in `value` if it is a list, else none."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict)]
+
+
+def as_str(value: object) -> str | None:
+    """`value` if it is a string."""
+    return value if isinstance(value, str) else None
+
+
+def as_int(value: object) -> int:
+    """`value` if it is an integer (JSON null and absent count as 0)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_arguments(text: str) -> tuple[JsonObject, str | None]:
+    """Tool arguments from the model's JSON text: `(arguments, raw text if not an object)`."""
+    # Some OpenAI-compatible servers send "" for a tool without parameters.
+    if not text.strip():
+        return {}, None
+    try:
+        value: object = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}, text
+    if isinstance(value, dict):
+        return value, None
+    return {}, text
+
+
+async def post_json(
+    http: httpx.AsyncClient,
+    url: str,
+    *,
+    body: JsonObject,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    provider: str,
+) -> JsonObject:
+    """POST `body` and return the JSON object answered, or raise a `ProviderError`."""
+    try:
+        response = await http.post(
+            url, content=orjson.dumps(body), headers=headers, timeout=timeout_s
+        )
+    except httpx.TransportError as exc:
+        raise _transport_error(exc, provider) from exc
+    if response.status_code >= 400:
+        raise _status_error(response, provider)
+    try:
+        value: object = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise ProviderServerError(
+            f"{provider} answered malformed JSON", provider=provider, status_code=200
+        ) from exc
+    if not isinstance(value, dict):
+        raise ProviderServerError(
+            f"{provider} answered JSON that is not an object", provider=provider, status_code=200
+        )
+    return value
+
+
+async def stream_events(
+    http: httpx.AsyncClient,
+    url: str,
+    *,
+    body: JsonObject,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    provider: str,
+) -> AsyncGenerator[JsonObject, None]:
+    """POST `body` and yield the JSON object of each SSE `data:` line until `[DONE]`.
+
+    `timeout_s` bounds each wait for bytes, not the whole stream: a long answer
+    that keeps streaming is healthy. Use with `contextlib.aclosing`.
+    """
+    try:
+        async with http.stream(
+            "POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout_s
+        ) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise _status_error(response, provider)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # `event:` names repeat the payload's `type`; comments are pings
+                data = line[len("data:") :].strip()
+                if data == "[DONE]":
+                    return
+                yield _parse_event(data, provider)
+    except httpx.TransportError as exc:
+        raise _transport_error(exc, provider) from exc
+
+
+def _parse_event(data: str, provider: str) -> JsonObject:
+    try:
+        event: object = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProviderServerError(f"{provider} streamed malformed JSON", provider=provider) from exc
+    if not isinstance(event, dict):
+        raise ProviderServerError(f"{provider} streamed a non-object event", provider=provider)
+    # A failure after the 200 header arrives in-band (e.g. Anthropic `overloaded_error`).
+    if "error" in event:
+        message = _error_message_from(event) or "stream error"
+        raise ProviderServerError(f"{provider} stream failed: {message}", provider=provider)
+    return event
+
+
+def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeout(f"{provider} did not answer in time: {exc!r}", provider=provider)
+    return ProviderUnavailable(f"{provider} unreachable: {exc!r}", provider=provider)
+
+
+def _status_error(response: httpx.Response, provider: str) -> ProviderError:
+    status = response.status_code
+    detail = _error_message(response)
+    message = f"{provider} answered {status}: {detail}"
+    if status == 429:
+        return ProviderRateLimited(
+            message,
+            provider=provider,
+            status_code=status,
+            retry_after_s=retry_after_s(response.headers),
+        )
+    if status in (401, 403):
+        return ProviderAuthError(message, provider=provider, status_code=status)
+    if status >= 500:
+        return ProviderServerError(message, provider=provider, status_code=status)
+    return ProviderBadRequest(message, provider=provider, status_code=status)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body: object = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.text[:_MAX_ERROR_TEXT] or response.reason_phrase
+    return _error_message_from(as_object(body)) or response.text[:_MAX_ERROR_TEXT]
+
+
+def _error_message_from(body: JsonObject) -> str | None:
+    error = body.get("error")
+    if isinstance(error, str):
+        return error
+    return as_str(as_object(error).get("message"))
+
+
+def retry_after_s(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        seconds = _non_negative_float(millis)
+        if seconds is not None:
+            return seconds / 1000
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _non_negative_float(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive parse means no zone was given
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _non_negative_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None

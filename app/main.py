@@ -1,0 +1,41 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.api import jobs, ops, sync
+from app.api.limits import BodySizeLimit
+from app.api.schemas import Problem
+from app.errors import install_error_handlers
+from app.lifespan import make_lifespan
+from app.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app for `settings`: lifespan, routers, error handlers."""
+    app = FastAPI(
+        title="agentsvc",
+        version="0.1.0",
+        summary="Run LLM agents safely: sync, jobs, webhooks and streaming over one runner.",
+        lifespan=make_lifespan(settings),
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    for router in (sync.router, jobs.router, ops.router):
+        app.include_router(router)
+    _document_problem(app)
+    return app
+
+
+def _document_problem(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        schema = original()
+        components = schema.setdefault("components", {})
+        assert isinstance(components, dict)
+        components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

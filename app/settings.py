@@ -1,0 +1,79 @@
+"""The one settings class. Values come from `AGENTSVC_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Role = Literal["user", "approver", "admin"]
+ROLES: tuple[Role, ...] = ("user", "approver", "admin")
+DEFAULT_SECRET = "dev-insecure-change-me"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; `.env.example` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTSVC_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./agentsvc.db"
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    redis_url: str | None = None
+    api_keys: Annotated[tuple[tuple[str, str, Role], ...], NoDecode] = ()
+    """`user:key[:role],…` parsed into (user, key, role)."""
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    """Keys the hash of stored API keys. Change it in every real deployment."""
+
+    default_model: str = "local/local-1"
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr | None = None
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_api_key: SecretStr | None = None
+    llm_timeout_s: float = Field(default=60.0, gt=0)
+
+    agents_module: str | None = None
+    sandbox_dir: Path = Path("./sandbox")
+    http_tool_allowed_hosts: Annotated[frozenset[str], NoDecode] = frozenset()
+
+    lease_seconds: float = Field(default=30.0, gt=0)
+    """How long a run stays with a worker that stopped renewing its lease."""
+
+    sync_timeout_s: float = Field(default=30.0, ge=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        entries: list[tuple[str, str, str]] = []
+        for raw in value.split(","):
+            if not raw.strip():
+                continue
+            parts = raw.strip().split(":")
+            if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+                raise ValueError(f"API key entry {raw.strip()!r} is not user:key[:role]")
+            role = parts[2] if len(parts) == 3 else "user"
+            if role not in ROLES:
+                raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+            entries.append((parts[0], parts[1], role))
+        return tuple(entries)
+
+    @field_validator("http_tool_allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(h.strip().lower() for h in value.split(",") if h.strip())
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,142 @@
+"""The runner's RunStore on SQL: every write fenced by (lease owner, attempt)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.runner.errors import LeaseLost
+from app.runner.events import RunEvent
+from app.runner.protocols import Completed, Failed, Step, ToolCallRecord
+from app.runner.state import Checkpoint
+from app.store.db import Database
+from app.store.runs import event_rows, events_t, llm_calls_t, runs, tool_calls_t
+
+
+class SqlRunStore:
+    """Writes of the worker that holds a run's lease; a lost lease raises LeaseLost."""
+
+    def __init__(self, db: Database, *, run_id: str, owner: str, attempt: int) -> None:
+        self._db = db
+        self._run_id = uuid.UUID(run_id)
+        self._owner = owner
+        self._attempt = attempt
+        self._dialect = db.engine.dialect.name
+
+    async def commit(self, step: Step) -> None:
+        async with self._db.transaction() as conn:
+            await self._update_run(conn, step.checkpoint, step)
+            if step.llm_call is not None:
+                c = step.llm_call
+                await conn.execute(
+                    insert(llm_calls_t).values(
+                        run_id=self._run_id,
+                        turn=c.turn,
+                        provider=c.provider,
+                        model=c.model,
+                        request=c.request,
+                        response=c.response,
+                        input_tokens=c.usage.input_tokens,
+                        output_tokens=c.usage.output_tokens,
+                        cached_tokens=c.usage.cached_tokens,
+                        cost_usd=c.cost_usd,
+                        priced=c.priced,
+                        latency_ms=c.latency_ms,
+                        error=c.error,
+                        cache_hit=c.cache_hit,
+                    )
+                )
+            if step.tool_call is not None:
+                await self._upsert_tool_call(conn, step.tool_call)
+            if step.events:
+                await conn.execute(insert(events_t), event_rows(step.events))
+
+    async def begin_tool_call(
+        self, intent: ToolCallRecord, checkpoint: Checkpoint, events: Sequence[RunEvent]
+    ) -> ToolCallRecord | None:
+        async with self._db.transaction() as conn:
+            await self._update_run(conn, checkpoint, None)
+            prior = (
+                await conn.execute(
+                    select(tool_calls_t).where(tool_calls_t.c.idempotency_key == intent.key)
+                )
+            ).first()
+            if prior is None:
+                await conn.execute(insert(tool_calls_t).values(self._tool_values(intent)))
+            if events:
+                await conn.execute(insert(events_t), event_rows(events))
+        if prior is None:
+            return None
+        return ToolCallRecord(
+            key=prior.idempotency_key,
+            turn=prior.turn,
+            index=prior.call_index,
+            call_id=prior.call_id,
+            name=prior.name,
+            arguments=prior.arguments,
+            status=prior.status,
+            result=prior.result,
+            latency_ms=prior.latency_ms,
+        )
+
+    async def _update_run(self, conn: AsyncConnection, cp: Checkpoint, step: Step | None) -> None:
+        usage = cp.usage
+        values: dict[str, object] = {
+            "checkpoint": cp.model_dump(mode="json"),
+            "turns": cp.turn,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "cost_usd": usage.cost_usd,
+            "llm_calls": usage.llm_calls,
+            "tool_calls": usage.tool_calls,
+        }
+        outcome = step.outcome if step is not None else None
+        if outcome is not None:
+            values.update(finished_at=datetime.now(UTC), lease_owner=None, lease_expires_at=None)
+            match outcome:
+                case Completed(output):
+                    values.update(status="completed", result={"output": output})
+                case Failed(error_type, message):
+                    values.update(status="failed", error={"type": error_type, "message": message})
+        result = await conn.execute(
+            update(runs)
+            .where(
+                runs.c.id == self._run_id,
+                runs.c.lease_owner == self._owner,
+                runs.c.attempt == self._attempt,
+            )
+            .values(values)
+        )
+        if result.rowcount != 1:
+            raise LeaseLost(f"run {self._run_id} is no longer held by {self._owner}")
+
+    def _tool_values(self, record: ToolCallRecord) -> dict[str, object]:
+        finished = None if record.status == "started" else datetime.now(UTC)
+        return {
+            "run_id": self._run_id,
+            "idempotency_key": record.key,
+            "turn": record.turn,
+            "call_index": record.index,
+            "call_id": record.call_id,
+            "name": record.name,
+            "arguments": record.arguments,
+            "status": record.status,
+            "result": record.result,
+            "latency_ms": record.latency_ms,
+            "finished_at": finished,
+        }
+
+    async def _upsert_tool_call(self, conn: AsyncConnection, record: ToolCallRecord) -> None:
+        values = self._tool_values(record)
+        dialect = postgresql if self._dialect == "postgresql" else sqlite
+        stmt = dialect.insert(tool_calls_t).values(values)
+        changed = {k: values[k] for k in ("status", "result", "latency_ms", "finished_at")}
+        await conn.execute(
+            stmt.on_conflict_do_update(index_elements=["idempotency_key"], set_=changed)
+        )

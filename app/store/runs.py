@@ -1,0 +1,170 @@
+"""Queries on runs, their events and traces. Every read is scoped to an owner."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Select, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.runner.events import RunEvent
+from app.runner.state import Checkpoint
+from app.store.models import LLMCall, Run, ToolCallRow
+from app.store.models import RunEvent as RunEventRow
+
+runs = cast(Table, Run.__table__)
+events_t = cast(Table, RunEventRow.__table__)
+llm_calls_t = cast(Table, LLMCall.__table__)
+tool_calls_t = cast(Table, ToolCallRow.__table__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Owner:
+    """Whose rows a query may see; admins see all."""
+
+    user_id: str
+    is_admin: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewRun:
+    id: uuid.UUID
+    user_id: str
+    agent: str
+    agent_version: str
+    model: str
+    pattern: str
+    status: str
+    input: str
+    metadata: dict[str, object]
+    max_turns: int
+    timeout_s: float
+    created_at: datetime
+    started_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    attempt: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """A run as stored."""
+
+    id: uuid.UUID
+    user_id: str
+    agent: str
+    agent_version: str
+    model: str
+    pattern: str
+    status: str
+    input: str
+    metadata: dict[str, object]
+    max_turns: int
+    timeout_s: float
+    result: dict[str, object] | None
+    error: dict[str, object] | None
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    llm_calls: int
+    tool_calls: int
+    turns: int
+    checkpoint: dict[str, object] | None
+    lease_owner: str | None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def event_rows(events: Sequence[RunEvent]) -> list[dict[str, object]]:
+    return [
+        {"run_id": uuid.UUID(e.run_id), "seq": e.seq, "type": e.type.value, "data": e.data}
+        for e in events
+    ]
+
+
+async def insert_run(
+    conn: AsyncConnection,
+    run: NewRun,
+    *,
+    checkpoint: Checkpoint | None = None,
+    events: Sequence[RunEvent] = (),
+) -> None:
+    """Insert a run with its first checkpoint and events."""
+    values = {
+        "id": run.id,
+        "user_id": run.user_id,
+        "agent": run.agent,
+        "agent_version": run.agent_version,
+        "model": run.model,
+        "pattern": run.pattern,
+        "status": run.status,
+        "input": run.input,
+        "metadata": run.metadata,
+        "max_turns": run.max_turns,
+        "timeout_s": run.timeout_s,
+        "checkpoint": checkpoint.model_dump(mode="json") if checkpoint else None,
+        "lease_owner": run.lease_owner,
+        "lease_expires_at": run.lease_expires_at,
+        "attempt": run.attempt,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+    }
+    await conn.execute(insert(runs).values(values))
+    if events:
+        await conn.execute(insert(events_t), event_rows(events))
+
+
+def _scoped(stmt: Select[Run], owner: Owner) -> Select[Run]:
+    return stmt if owner.is_admin else stmt.where(runs.c.user_id == owner.user_id)
+
+
+async def get_run(conn: AsyncConnection, run_id: uuid.UUID, owner: Owner) -> RunRecord | None:
+    """The run if it exists and `owner` may see it; otherwise None (never tell which)."""
+    stmt = _scoped(select(Run).where(runs.c.id == run_id), owner)
+    row = (await conn.execute(stmt)).mappings().first()
+    if row is None:
+        return None
+    fields = {k: row[k] for k in RunRecord.__dataclass_fields__ if k in row}
+    fields["metadata"] = row["metadata"]
+    return RunRecord(**fields)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trace:
+    llm_calls: list[dict[str, object]]
+    tool_calls: list[dict[str, object]]
+
+
+async def get_trace(conn: AsyncConnection, run_id: uuid.UUID) -> Trace:
+    """Every LLM call and tool call of a run, in order. Check ownership first."""
+    llm = await conn.execute(
+        select(llm_calls_t).where(llm_calls_t.c.run_id == run_id).order_by(llm_calls_t.c.id)
+    )
+    tools = await conn.execute(
+        select(tool_calls_t).where(tool_calls_t.c.run_id == run_id).order_by(tool_calls_t.c.id)
+    )
+    return Trace(
+        llm_calls=[dict(r) for r in llm.mappings()],
+        tool_calls=[dict(r) for r in tools.mappings()],
+    )
+
+
+async def list_events(
+    conn: AsyncConnection, run_id: uuid.UUID, *, after_seq: int = -1
+) -> list[RunEvent]:
+    """Events of a run after `after_seq`, in order."""
+    from app.runner.events import EventType
+
+    rows = await conn.execute(
+        select(events_t.c.seq, events_t.c.type, events_t.c.data)
+        .where(events_t.c.run_id == run_id, events_t.c.seq > after_seq)
+        .order_by(events_t.c.seq)
+    )
+    return [RunEvent(str(run_id), r.seq, EventType(r.type), r.data) for r in rows]

@@ -1,0 +1,77 @@
+"""What a tool is: a typed argument model, a risk level, an idempotency flag, a timeout.
+
+Tools are plain async functions over a validated pydantic model. They receive a
+`ToolContext` with the few outside resources they may touch, never the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel
+
+
+class Risk(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class ToolFailure(Exception):
+    """A tool could not do what was asked; the message goes back to the model."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolContext:
+    """Outside resources a tool may use, chosen by the operator."""
+
+    sandbox_dir: Path
+    """The only folder the file tools may touch."""
+    http: httpx.AsyncClient
+    http_allowed_hosts: frozenset[str] = frozenset()
+    """Hosts `http_get` may fetch; empty means none."""
+    idempotency_key: str = ""
+    """Stable key of this call `(run, turn, index)`, the same when the call is re-run."""
+
+
+ToolFn = Callable[[BaseModel, ToolContext], Awaitable[str]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tool:
+    """A tool the model may call."""
+
+    name: str
+    description: str
+    args_model: type[BaseModel]
+    """Its JSON schema is what the model sees; every call is validated against it."""
+    fn: ToolFn
+    risk: Risk = Risk.LOW
+    idempotent: bool = True
+    """Safe to run twice with the same arguments (re-run after a crash)."""
+    read_only: bool = False
+    """Changes nothing outside the run."""
+    timeout_s: float = 10.0
+    max_result_chars: int = 16_000
+
+    def json_schema(self) -> dict[str, object]:
+        return self.args_model.model_json_schema()
+
+
+@dataclass
+class ToolRegistry:
+    """Every tool known to the service, by name."""
+
+    tools: dict[str, Tool] = field(default_factory=dict)
+
+    def add(self, tool: Tool) -> None:
+        if tool.name in self.tools:
+            raise ValueError(f"tool {tool.name!r} is registered twice")
+        self.tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        return self.tools.get(name)
