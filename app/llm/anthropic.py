@@ -21,6 +21,7 @@ from app.llm._http import (
     post_json,
     stream_events,
 )
+from app.llm.errors import ProviderServerError
 from app.llm.types import (
     DeltaCallback,
     JsonObject,
@@ -94,7 +95,7 @@ class AnthropicProvider:
                 text = stream.add(event)
                 if text:
                     await on_delta(text)
-        return stream.response()
+        return stream.response(provider=self.name)
 
 
 def build_body(request: LLMRequest) -> JsonObject:
@@ -244,8 +245,12 @@ class _StreamState:
         # message_delta counts are cumulative and supersede message_start's; nulls do not.
         self.usage.update({k: v for k, v in as_object(value).items() if v is not None})
 
-    def response(self) -> LLMResponse:
-        """The finished answer."""
+    def response(self, *, provider: str) -> LLMResponse:
+        """The finished answer; a stream cut before its end is a server failure."""
+        if self.stop_reason is None:
+            raise ProviderServerError(
+                f"{provider} stream ended before the answer did", provider=provider
+            )
         texts: list[str] = []
         calls: list[ToolCall] = []
         for index in sorted(self.blocks):

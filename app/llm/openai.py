@@ -86,7 +86,7 @@ class OpenAIProvider:
                 text = stream.add(chunk)
                 if text:
                     await on_delta(text)
-        return stream.response()
+        return stream.response(provider=self.name)
 
 
 def build_body(request: LLMRequest) -> JsonObject:
@@ -236,8 +236,12 @@ class _StreamState:
             self.content.append(text)
         return text
 
-    def response(self) -> LLMResponse:
-        """The finished answer."""
+    def response(self, *, provider: str) -> LLMResponse:
+        """The finished answer; a stream cut before its end is a server failure."""
+        if self.finish_reason is None:
+            raise ProviderServerError(
+                f"{provider} stream ended before the answer did", provider=provider
+            )
         calls = []
         for index in sorted(self.calls):
             partial = self.calls[index]

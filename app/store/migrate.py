@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from alembic import command
@@ -18,12 +19,10 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Migrate the database to `revision`. Blocking: call it outside the event loop."""
-    command.upgrade(alembic_config(database_url), revision)
+    """Migrate the database to `revision`. Blocking.
 
-
-async def upgrade_async(database_url: str, revision: str = "head") -> None:
-    """`upgrade` from async code (Alembic runs its own event loop in a thread)."""
-    import asyncio
-
-    await asyncio.to_thread(upgrade, database_url, revision)
+    Alembic's async environment runs its own event loop, so it gets a thread of its
+    own: this works from plain code and from inside a running loop alike.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(command.upgrade, alembic_config(database_url), revision).result()

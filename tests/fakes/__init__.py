@@ -1,0 +1,1 @@
+"""Fakes that sit at the edges of integration tests (model APIs on loopback, ...)."""

@@ -1,0 +1,296 @@
+"""The guarded runner end to end with a scripted model and an in-memory store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.guards.limits import RunLimits
+from app.llm.errors import ProviderServerError
+from app.llm.types import Message, ToolCall
+from app.runner.errors import LeaseLost
+from app.runner.events import EventType
+from app.runner.loop import GuardedRunner, RunSpec, start_run
+from app.runner.protocols import Completed, Failed
+from app.runner.state import Checkpoint
+from app.tools.base import Risk, ToolContext, ToolFailure, ToolRegistry
+from tests.support.runner_fakes import (
+    CountingTool,
+    MemoryStore,
+    ScriptedModel,
+    text,
+    tool_call,
+)
+
+RUN_ID = "00000000-0000-0000-0000-000000000001"
+
+
+def make_runner(
+    model: ScriptedModel,
+    store: MemoryStore,
+    tools: list[CountingTool],
+    *,
+    allowed: set[str] | None = None,
+    max_turns: int = 5,
+    timeout_s: float = 5.0,
+    llm_timeout_s: float = 5.0,
+    tool_timeout_s: float = 5.0,
+    stream: bool = False,
+) -> GuardedRunner:
+    registry = ToolRegistry()
+    for t in tools:
+        registry.add(t.tool(timeout_s=tool_timeout_s))
+    spec = RunSpec(
+        run_id=RUN_ID,
+        provider="scripted",
+        model="m",
+        tools=frozenset(allowed if allowed is not None else {t.name for t in tools}),
+        limits=RunLimits(max_turns=max_turns, timeout_s=timeout_s, llm_timeout_s=llm_timeout_s),
+        stream=stream,
+    )
+    ctx = ToolContext(sandbox_dir=Path("/nonexistent"), http=httpx.AsyncClient())
+    return GuardedRunner(
+        spec,
+        model=model,
+        tools=registry,
+        tool_context=ctx,
+        store=store,
+        deadline=time.monotonic() + timeout_s,
+    )
+
+
+def fresh() -> Checkpoint:
+    cp, _ = start_run(run_id=RUN_ID, instructions="be brief", user_input="hi", data={})
+    return cp
+
+
+def types(store: MemoryStore) -> list[str]:
+    return [e.type.value for e in store.events]
+
+
+async def test_tool_then_answer_commits_every_call_with_ordered_events() -> None:
+    echo = CountingTool("echo")
+    model = ScriptedModel([tool_call("echo", {"text": "x"}), text("done")])
+    store = MemoryStore()
+    outcome = await make_runner(model, store, [echo]).run(fresh())
+
+    assert outcome == Completed("done")
+    assert echo.calls == 1
+    assert types(store) == [
+        "llm.call",
+        "tool.call",
+        "tool.result",
+        "llm.call",
+        "run.completed",
+    ]
+    seqs = [e.seq for e in store.events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    # One commit per LLM call and per tool call; the last carries the outcome.
+    assert [s.llm_call is not None for s in store.steps] == [True, False, True]
+    assert store.steps[1].tool_call is not None
+    assert store.steps[1].tool_call.status == "ok"
+    assert store.steps[-1].outcome == Completed("done")
+    tool_msg = model.requests[1].messages[-1]
+    assert tool_msg.role == "tool"
+    assert tool_msg.content == "echo:x"
+    final = store.steps[-1].checkpoint
+    assert final.usage.llm_calls == 2
+    assert final.usage.tool_calls == 1
+    assert final.turn == 2
+
+
+async def test_tool_not_on_allowlist_is_never_executed() -> None:
+    secret = CountingTool("secret")
+    model = ScriptedModel([tool_call("secret", {"text": "x"}), text("ok")])
+    store = MemoryStore()
+    outcome = await make_runner(model, store, [secret], allowed=set()).run(fresh())
+
+    assert outcome == Completed("ok")
+    assert secret.calls == 0
+    record = store.steps[1].tool_call
+    assert record is not None
+    assert record.status == "refused"
+    told = model.requests[1].messages[-1].content or ""
+    assert "not available" in told
+
+
+async def test_invalid_arguments_are_never_executed() -> None:
+    echo = CountingTool("echo")
+    model = ScriptedModel([tool_call("echo", {"text": 5, "extra": 1}), text("ok")])
+    store = MemoryStore()
+    await make_runner(model, store, [echo]).run(fresh())
+
+    assert echo.calls == 0
+    record = store.steps[1].tool_call
+    assert record is not None
+    assert record.status == "invalid"
+    assert "text" in (record.result or "")
+
+
+async def test_non_object_arguments_are_invalid() -> None:
+    echo = CountingTool("echo")
+    bad = text("unused").model_copy(
+        update={
+            "message": Message(
+                role="assistant",
+                tool_calls=(ToolCall(id="c1", name="echo", raw_arguments="[1, 2"),),
+            )
+        }
+    )
+    model = ScriptedModel([bad, text("ok")])
+    store = MemoryStore()
+    await make_runner(model, store, [echo]).run(fresh())
+    assert echo.calls == 0
+    assert store.steps[1].tool_call is not None
+    assert store.steps[1].tool_call.status == "invalid"
+
+
+async def test_high_risk_tool_is_refused_until_approved() -> None:
+    danger = CountingTool("danger", risk=Risk.HIGH)
+    model = ScriptedModel([tool_call("danger", {"text": "x"}), text("ok")])
+    store = MemoryStore()
+    await make_runner(model, store, [danger]).run(fresh())
+
+    assert danger.calls == 0
+    assert "approval" in (model.requests[1].messages[-1].content or "")
+
+
+async def test_max_turns_fails_the_run() -> None:
+    echo = CountingTool("echo")
+    model = ScriptedModel([tool_call("echo", {"text": "x"}) for _ in range(3)])
+    store = MemoryStore()
+    outcome = await make_runner(model, store, [echo], max_turns=2).run(fresh())
+
+    assert isinstance(outcome, Failed)
+    assert outcome.error_type == "max_turns_exceeded"
+    assert len(model.requests) == 2
+    assert types(store)[-1] == "run.failed"
+
+
+async def test_run_timeout_during_llm_call() -> None:
+    model = ScriptedModel([10.0])
+    store = MemoryStore()
+    outcome = await make_runner(model, store, [], timeout_s=0.05).run(fresh())
+
+    assert isinstance(outcome, Failed)
+    assert outcome.error_type == "timeout"
+
+
+async def test_llm_call_timeout_is_llm_unavailable() -> None:
+    model = ScriptedModel([10.0])
+    store = MemoryStore()
+    outcome = await make_runner(model, store, [], llm_timeout_s=0.05).run(fresh())
+
+    assert isinstance(outcome, Failed)
+    assert outcome.error_type == "llm_unavailable"
+    record = store.steps[-1].llm_call
+    assert record is not None
+    assert record.error is not None
+
+
+async def test_provider_error_fails_with_trace() -> None:
+    model = ScriptedModel([ProviderServerError("boom", provider="scripted", status_code=500)])
+    store = MemoryStore()
+    outcome = await make_runner(model, store, []).run(fresh())
+
+    assert isinstance(outcome, Failed)
+    assert outcome.error_type == "llm_unavailable"
+    assert "boom" in outcome.message
+    assert store.steps[-1].llm_call is not None
+
+
+async def test_tool_timeout_is_reported_to_the_model() -> None:
+    slow = CountingTool("slow", sleep_s=10.0)
+    model = ScriptedModel([tool_call("slow", {"text": "x"}), text("recovered")])
+    store = MemoryStore()
+    outcome = await make_runner(model, store, [slow], tool_timeout_s=0.05).run(fresh())
+
+    assert outcome == Completed("recovered")
+    record = store.steps[1].tool_call
+    assert record is not None
+    assert record.status == "error"
+    assert "timed out" in (model.requests[1].messages[-1].content or "")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [(ToolFailure("no such file"), "no such file"), (RuntimeError("x"), "unexpectedly")],
+)
+async def test_tool_errors_are_reported_to_the_model(error: Exception, expected: str) -> None:
+    broken = CountingTool("broken", error=error)
+    model = ScriptedModel([tool_call("broken", {"text": "x"}), text("ok")])
+    store = MemoryStore()
+    await make_runner(model, store, [broken]).run(fresh())
+    assert expected in (model.requests[1].messages[-1].content or "")
+
+
+def interrupted_checkpoint(name: str) -> Checkpoint:
+    cp = fresh()
+    cp.messages.append(
+        Message(
+            role="assistant", tool_calls=(ToolCall(id="c1", name=name, arguments={"text": "x"}),)
+        )
+    )
+    cp.turn = 1
+    return cp
+
+
+async def test_resume_runs_unanswered_tool_call_then_continues() -> None:
+    echo = CountingTool("echo")
+    model = ScriptedModel([text("after resume")])
+    store = MemoryStore()
+    outcome = await make_runner(model, store, [echo]).run(interrupted_checkpoint("echo"))
+
+    assert outcome == Completed("after resume")
+    assert echo.calls == 1
+    assert len(model.requests) == 1
+
+
+@pytest.mark.parametrize(("idempotent", "runs"), [(True, 1), (False, 0)])
+async def test_resume_with_started_intent(idempotent: bool, runs: int) -> None:
+    tool = CountingTool("act", idempotent=idempotent)
+    model = ScriptedModel([text("ok")])
+    store = MemoryStore()
+    runner = make_runner(model, store, [tool])
+    key = f"{RUN_ID}:1:0"
+    from app.runner.protocols import ToolCallRecord
+
+    store.intents[key] = ToolCallRecord(
+        key=key, turn=1, index=0, call_id="c1", name="act", arguments={}, status="started"
+    )
+    await runner.run(interrupted_checkpoint("act"))
+
+    assert tool.calls == runs
+    record = store.steps[0].tool_call
+    assert record is not None
+    assert record.status == ("ok" if idempotent else "in_doubt")
+
+
+async def test_lease_lost_stops_without_writing() -> None:
+    model = ScriptedModel([text("x")])
+    store = MemoryStore(lost=True)
+    with pytest.raises(LeaseLost):
+        await make_runner(model, store, []).run(fresh())
+    assert store.steps == []
+
+
+async def test_streaming_emits_deltas_before_the_call_event() -> None:
+    model = ScriptedModel([text("hello world")], deltas=["hel", "lo ", "world"])
+    store = MemoryStore()
+    await make_runner(model, store, [], stream=True).run(fresh())
+
+    assert types(store) == ["llm.delta"] * 3 + ["llm.call", "run.completed"]
+    assert "".join(str(e.data["text"]) for e in store.events[:3]) == "hello world"
+    assert [e.seq for e in store.events] == [1, 2, 3, 4, 5]
+
+
+def test_start_run_event_and_checkpoint() -> None:
+    cp, event = start_run(run_id=RUN_ID, instructions="sys", user_input="hi", data={"a": 1})
+    assert event.type is EventType.RUN_STARTED
+    assert event.seq == 0
+    assert cp.next_seq == 1
+    assert [m.role for m in cp.messages] == ["system", "user"]
+    assert event.payload() == {"job_id": RUN_ID, "seq": 0, "type": "run.started", "a": 1}
