@@ -48,6 +48,38 @@ def serve(
 
 
 @cli.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Overrides AGENTSVC_WORKER_CONCURRENCY")
+    ] = None,
+) -> None:
+    """Run queued runs until SIGTERM, then hand unfinished runs back to the queue."""
+    settings = _settings()
+    if settings.is_sqlite:
+        from app.store.migrate import upgrade
+
+        upgrade(settings.database_url)
+    asyncio.run(_work(settings, concurrency or settings.worker_concurrency))
+
+
+async def _work(settings: Settings, capacity: int) -> None:
+    import signal
+
+    from app.lifespan import open_services
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_services(settings, worker_capacity=capacity) as services:
+        logging.getLogger("agentsvc.worker").info(
+            "worker %s running up to %d runs", services.executor.owner, capacity
+        )
+        await stop.wait()
+        # Leaving the block stops claiming, lets each run finish its step and releases it.
+
+
+@cli.command()
 def migrate() -> None:
     """Upgrade the database schema to the latest revision."""
     from app.store.migrate import upgrade

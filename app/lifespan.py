@@ -1,7 +1,9 @@
-"""Builds what the app holds for its lifetime, yields it as typed state, closes it."""
+"""Builds what a process holds for its lifetime, yields it as typed state, closes it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -15,7 +17,12 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from app.agents.registry import AgentRegistry, build_registry
+from app.bus.wakeups import Wakeups
 from app.jobs.executor import RunExecutor, Runtime
+from app.jobs.ssrf import GuardedTransport
+from app.jobs.webhook_delivery import RetrySchedule
+from app.jobs.webhooks import WebhookDispatcher
+from app.jobs.worker import Worker
 from app.llm.providers import Providers, build_providers
 from app.services.auth import Authenticator
 from app.settings import DEFAULT_SECRET, Settings
@@ -36,6 +43,7 @@ class Services:
     registry: AgentRegistry
     auth: Authenticator
     executor: RunExecutor
+    worker: Worker | None
 
 
 def process_owner() -> str:
@@ -50,18 +58,45 @@ def validate_models(registry: AgentRegistry, providers: Providers, default_model
             providers.resolve(version.model or default_model)
 
 
-@asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Open every long-lived resource; close them in reverse order."""
-    if settings.secret_key.get_secret_value() == DEFAULT_SECRET and not settings.is_sqlite:
-        log.warning("AGENTSVC_SECRET_KEY is the development default; set your own")
-    db = Database(create_engine(settings.database_url, pool_size=settings.db_pool_size))
-    http = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.llm_timeout_s, connect=10.0),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
+def _dispatcher(
+    settings: Settings, db: Database
+) -> tuple[WebhookDispatcher, httpx.AsyncClient] | None:
+    secret = _secret(settings.webhook_secret)
+    if secret is None:
+        return None
+    client = httpx.AsyncClient(
+        transport=GuardedTransport(allowed_hosts=settings.webhook_allowed_hosts),
         follow_redirects=False,
     )
-    try:
+    dispatcher = WebhookDispatcher(
+        db,
+        client,
+        secret=secret,
+        schedule=RetrySchedule.parse(settings.webhook_retry_schedule),
+        timeout_s=settings.webhook_timeout_s,
+    )
+    return dispatcher, client
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIterator[Services]:
+    """Open every long-lived resource, start the heartbeat (and a worker when
+    `worker_capacity` > 0); on exit hand held runs back and close in reverse order."""
+    if settings.secret_key.get_secret_value() == DEFAULT_SECRET and not settings.is_sqlite:
+        log.warning("AGENTSVC_SECRET_KEY is the development default; set your own")
+    async with contextlib.AsyncExitStack() as stack:
+        db = Database(create_engine(settings.database_url, pool_size=settings.db_pool_size))
+        stack.push_async_callback(db.dispose)
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.llm_timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+            follow_redirects=False,
+        )
+        stack.push_async_callback(http.aclose)
         providers = build_providers(
             http=http,
             openai_base_url=settings.openai_base_url,
@@ -72,11 +107,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         registry = build_registry(settings.agents_module)
         validate_models(registry, providers, settings.default_model)
+        wakeups = Wakeups()
+        await wakeups.listen(settings.database_url)
+        stack.push_async_callback(wakeups.close)
         runtime = Runtime(
             settings=settings,
             db=db,
             providers=providers,
             registry=registry,
+            wakeups=wakeups,
             tool_context=ToolContext(
                 sandbox_dir=settings.sandbox_dir.resolve(),
                 http=http,
@@ -84,28 +123,45 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             ),
         )
         executor = RunExecutor(runtime, owner=process_owner())
+        beating = asyncio.Event()
+        heartbeat = asyncio.create_task(executor.heartbeat_forever(beating))
+        stack.push_async_callback(_stop, beating, heartbeat)
+        stack.push_async_callback(executor.shutdown)
+        worker = None
+        if worker_capacity > 0:
+            delivery = _dispatcher(settings, db)
+            if delivery is not None:
+                stack.push_async_callback(delivery[1].aclose)
+            worker = Worker(
+                executor,
+                capacity=worker_capacity,
+                dispatcher=None if delivery is None else delivery[0],
+            )
+            worker_task = asyncio.create_task(worker.run())
+            stack.push_async_callback(_stop_worker, worker, worker_task)
         auth = Authenticator(
             secret=settings.secret_key.get_secret_value(), db=db, static_keys=settings.api_keys
         )
-        try:
-            yield Services(
-                settings=settings,
-                db=db,
-                http=http,
-                providers=providers,
-                registry=registry,
-                auth=auth,
-                executor=executor,
-            )
-        finally:
-            await executor.shutdown()
-    finally:
-        await http.aclose()
-        await db.dispose()
+        yield Services(
+            settings=settings,
+            db=db,
+            http=http,
+            providers=providers,
+            registry=registry,
+            auth=auth,
+            executor=executor,
+            worker=worker,
+        )
 
 
-def _secret(value: SecretStr | None) -> str | None:
-    return None if value is None else value.get_secret_value()
+async def _stop(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
+    worker.stopping.set()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def make_lifespan(
@@ -113,7 +169,8 @@ def make_lifespan(
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Services]]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
-        async with open_services(settings) as services:
+        capacity = settings.embedded_workers * settings.worker_concurrency
+        async with open_services(settings, worker_capacity=capacity) as services:
             yield {"services": services}
 
     return lifespan

@@ -41,6 +41,24 @@ class Settings(BaseSettings):
 
     lease_seconds: float = Field(default=30.0, gt=0)
     """How long a run stays with a worker that stopped renewing its lease."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Workers a run may lose (crash) before it ends failed/interrupted."""
+    embedded_workers: int = Field(default=1, ge=0)
+    """Queue workers `serve` runs in-process (0 where dedicated workers run)."""
+    worker_concurrency: int = Field(default=16, ge=1, le=1000)
+    """Runs one worker drives at once."""
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """Idle workers look for work this often even without a wake-up."""
+    approval_ttl_s: float = Field(default=3600.0, gt=0)
+    allow_self_approval: bool = False
+
+    webhook_secret: SecretStr | None = None
+    """`whsec_…` (Standard Webhooks); required to accept `webhook_url`."""
+    webhook_allowed_hosts: Annotated[frozenset[str], NoDecode] = frozenset()
+    """Hosts exempt from the private-address refusal (e.g. 127.0.0.1 in tests)."""
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    """Seconds between delivery attempts; one attempt more than delays."""
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
 
     sync_timeout_s: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -67,11 +85,20 @@ class Settings(BaseSettings):
             entries.append((parts[0], parts[1], role))
         return tuple(entries)
 
-    @field_validator("http_tool_allowed_hosts", mode="before")
+    @field_validator("http_tool_allowed_hosts", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _parse_hosts(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(h.strip().lower() for h in value.split(",") if h.strip())
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from app.jobs.webhook_delivery import decode_secret
+
+            decode_secret(value.get_secret_value())
         return value
 
     @property

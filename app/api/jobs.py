@@ -1,15 +1,38 @@
-"""Job pattern: poll a run's status."""
+"""Job pattern: submit to the queue, poll, cancel; re-send a failed webhook."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, status
 
-from app.api.schemas import RunRead
+from app.api.schemas import JobAccepted, RunCreate, RunRead
 from app.deps import PrincipalDep, ServicesDep
-from app.errors import NotFound, Unauthorized, problem_responses
+from app.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    problem_responses,
+)
 from app.services import runs
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["jobs"])
+
+
+@router.post(
+    "/agent/submit",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    responses=problem_responses(InvalidRequest, Unauthorized, PayloadTooLarge),
+)
+async def submit(
+    body: RunCreate, principal: PrincipalDep, services: ServicesDep, request: Request
+) -> JobAccepted:
+    """Queue a run for a worker; poll `status_url`, or give `webhook_url` to be called."""
+    started = await runs.create_run(services.executor, principal, body, pattern="job", inline=False)
+    job_id = str(started.run_id)
+    url = str(request.url_for("get_status", job_id=job_id))
+    return JobAccepted(job_id=job_id, status="pending", status_url=url)
 
 
 @router.get(
@@ -19,5 +42,28 @@ router = APIRouter(tags=["runs"])
 )
 async def get_status(job_id: str, principal: PrincipalDep, services: ServicesDep) -> RunRead:
     """The run as it is now."""
-    run = await runs.get_run(services.executor, principal, runs.parse_run_id(job_id))
-    return RunRead.from_record(run)
+    view = await runs.get_run(services.executor, principal, runs.parse_run_id(job_id))
+    return RunRead.from_view(view)
+
+
+@router.post(
+    "/agent/cancel/{job_id}",
+    response_model=RunRead,
+    responses=problem_responses(NotFound, Unauthorized),
+)
+async def cancel(job_id: str, principal: PrincipalDep, services: ServicesDep) -> RunRead:
+    """Cancel a run: a queued or paused one at once, a running one at its next step
+    (aborting its LLM call). A finished run is returned unchanged."""
+    view = await runs.cancel_run(services.executor, principal, runs.parse_run_id(job_id))
+    return RunRead.from_view(view)
+
+
+@router.post(
+    "/agent/runs/{job_id}/webhook/retry",
+    response_model=RunRead,
+    responses=problem_responses(NotFound, Conflict, Unauthorized),
+)
+async def retry_webhook(job_id: str, principal: PrincipalDep, services: ServicesDep) -> RunRead:
+    """Send the run's failed webhook deliveries again (same `webhook-id`)."""
+    view = await runs.retry_webhook(services.executor, principal, runs.parse_run_id(job_id))
+    return RunRead.from_view(view)

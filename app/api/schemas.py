@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.store.runs import RunRecord
+from app.store.approvals import ApprovalRecord
+from app.store.webhooks import Delivery
+
+if TYPE_CHECKING:
+    from app.services.runs import RunView
 
 RunStatus = Literal["pending", "running", "awaiting_approval", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -26,6 +30,68 @@ class RunCreate(BaseModel):
     """Lower the agent's turn limit for this run (never raise it)."""
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
     """Lower the agent's time limit for this run (never raise it)."""
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    """Receives `run.completed`, `run.failed`, `run.cancelled` and `run.awaiting_approval`."""
+
+
+class JobAccepted(BaseModel):
+    """Answer of `POST /agent/submit`."""
+
+    job_id: str
+    status: Literal["pending"]
+    status_url: str
+
+
+class ApprovalRead(BaseModel):
+    id: str
+    job_id: str
+    tool: str
+    arguments: dict[str, object]
+    status: str
+    requested_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_record(cls, a: ApprovalRecord) -> ApprovalRead:
+        return cls(
+            id=str(a.id),
+            job_id=str(a.run_id),
+            tool=a.tool,
+            arguments=a.approved_arguments if a.approved_arguments is not None else a.arguments,
+            status=a.status,
+            requested_at=a.requested_at,
+            expires_at=a.expires_at,
+            decided_at=a.decided_at,
+            decided_by=a.decided_by,
+            reason=a.reason,
+        )
+
+
+class ApprovalDecisionBody(BaseModel):
+    """Body of `POST /agent/approvals/{id}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "deny"]
+    reason: str | None = Field(default=None, max_length=2000)
+    arguments: dict[str, object] | None = None
+    """Edited arguments to run the tool with (approve only); validated against its schema."""
+
+
+class ApprovalList(BaseModel):
+    approvals: list[ApprovalRead]
+
+
+class WebhookState(BaseModel):
+    url: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
 
 
 class Usage(BaseModel):
@@ -58,13 +124,16 @@ class RunRead(BaseModel):
     error: RunError | None
     usage: Usage
     turns: int
+    pending_approvals: list[ApprovalRead]
+    webhook: WebhookState | None
     metadata: dict[str, MetadataValue]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
 
     @classmethod
-    def from_record(cls, run: RunRecord) -> RunRead:
+    def from_view(cls, view: RunView) -> RunRead:
+        run, delivery = view.run, view.webhook
         return cls(
             job_id=str(run.id),
             agent=run.agent,
@@ -82,6 +151,8 @@ class RunRead(BaseModel):
                 tool_calls=run.tool_calls,
             ),
             turns=run.turns,
+            pending_approvals=[ApprovalRead.from_record(a) for a in view.approvals],
+            webhook=_webhook_state(run.webhook_url, delivery),
             metadata=run.metadata,  # type: ignore[arg-type]
             created_at=run.created_at,
             started_at=run.started_at,
@@ -166,3 +237,26 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+
+
+def _webhook_state(url: str | None, delivery: Delivery | None) -> WebhookState | None:
+    if url is None:
+        return None
+    if delivery is None:
+        # Nothing to announce yet: the run has not reached a state that is sent.
+        return WebhookState(
+            url=url,
+            status="waiting",
+            attempts=0,
+            next_attempt_at=None,
+            last_status_code=None,
+            last_error=None,
+        )
+    return WebhookState(
+        url=delivery.url,
+        status=delivery.status,
+        attempts=delivery.attempts,
+        next_attempt_at=delivery.next_attempt_at,
+        last_status_code=delivery.last_status_code,
+        last_error=delivery.last_error,
+    )

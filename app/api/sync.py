@@ -18,17 +18,19 @@ router = APIRouter(tags=["runs"])
     "/agent",
     response_model=RunRead,
     responses={
-        202: {"model": RunRead, "description": "Still running after the sync timeout"},
+        202: {"model": RunRead, "description": "Still running (or awaiting approval)"},
         **problem_responses(InvalidRequest, Unauthorized, PayloadTooLarge),
     },
 )
 async def run_agent(
     body: RunCreate, principal: PrincipalDep, services: ServicesDep, response: Response
 ) -> RunRead:
-    """Run an agent and wait up to `AGENTSVC_SYNC_TIMEOUT_S` for its end."""
-    started = await runs.start_inline_run(services.executor, principal, body, pattern="sync")
+    """Run an agent in this process and wait up to `AGENTSVC_SYNC_TIMEOUT_S` for its end.
+    A run that is still going (or waits for an approval) answers 202; poll or stream it."""
+    started = await runs.create_run(services.executor, principal, body, pattern="sync", inline=True)
+    assert started.task is not None
     await asyncio.wait({started.task}, timeout=services.settings.sync_timeout_s)
-    run = await runs.get_run(services.executor, principal, started.run_id)
-    if run.status not in TERMINAL_STATUSES:
+    view = await runs.get_run(services.executor, principal, started.run_id)
+    if view.run.status not in TERMINAL_STATUSES:
         response.status_code = status.HTTP_202_ACCEPTED
-    return RunRead.from_record(run)
+    return RunRead.from_view(view)

@@ -1,23 +1,31 @@
-"""Drives runs in this process: builds a GuardedRunner over the SQL store and runs it."""
+"""Drives runs in this process: each under a lease renewed by one heartbeat loop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from app.agents.definition import AgentVersion
-from app.agents.registry import AgentRegistry
+from app.agents.registry import AgentRegistry, UnknownAgent
+from app.bus.wakeups import Wakeups
 from app.guards.limits import RunLimits
+from app.jobs.waiting import wait_any
 from app.llm.providers import Providers
 from app.runner.errors import LeaseLost
+from app.runner.events import EventType, RunEvent
 from app.runner.loop import GuardedRunner, RunSpec
-from app.runner.protocols import EventSink
+from app.runner.protocols import ApprovalDecision, EventSink, Failed, Step
 from app.runner.state import Checkpoint
 from app.settings import Settings
+from app.store import approvals
 from app.store.db import Database
+from app.store.queue import renew_leases
 from app.store.run_store import SqlRunStore
+from app.store.runs import RunRecord
 from app.tools.base import ToolContext
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,7 @@ class Runtime:
     providers: Providers
     registry: AgentRegistry
     tool_context: ToolContext
+    wakeups: Wakeups
     sink: EventSink | None = None
 
 
@@ -61,32 +70,112 @@ def build_spec(
     )
 
 
+@dataclass
+class _Held:
+    runner: GuardedRunner
+    task: asyncio.Task[None]
+    attempt: int
+
+
 class RunExecutor:
-    """Runs started by this process, as asyncio tasks; each holds its run's lease."""
+    """Runs held by this process, as asyncio tasks, with their leases kept alive."""
 
     def __init__(self, rt: Runtime, *, owner: str) -> None:
         self.rt = rt
         self.owner = owner
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[str, _Held] = {}
+        self.slot_freed = asyncio.Event()
+        rt.wakeups.on_cancel(self.request_cancel)
+
+    @property
+    def active(self) -> int:
+        return len(self._held)
 
     def start(
-        self, spec: RunSpec, checkpoint: Checkpoint, *, attempt: int, elapsed_s: float = 0.0
+        self,
+        spec: RunSpec,
+        checkpoint: Checkpoint,
+        *,
+        attempt: int,
+        user_id: str,
+        webhook_url: str | None = None,
+        decisions: dict[str, ApprovalDecision] | None = None,
     ) -> asyncio.Task[None]:
-        """Start driving the run; `elapsed_s` is run time already used (on resume)."""
+        """Drive the run from `checkpoint`; this process must hold its lease at `attempt`."""
         client, _ = self.rt.providers.resolve(f"{spec.provider}/{spec.model}")
+        store = SqlRunStore(
+            self.rt.db,
+            run_id=spec.run_id,
+            user_id=user_id,
+            owner=self.owner,
+            attempt=attempt,
+            webhook_url=webhook_url,
+            approval_ttl_s=self.rt.settings.approval_ttl_s,
+        )
         runner = GuardedRunner(
             spec,
             model=client,
             tools=self.rt.registry.tools,
             tool_context=self.rt.tool_context,
-            store=SqlRunStore(self.rt.db, run_id=spec.run_id, owner=self.owner, attempt=attempt),
-            deadline=time.monotonic() + spec.limits.timeout_s - elapsed_s,
+            store=store,
             sink=self.rt.sink,
+            decisions=decisions,
         )
         task = asyncio.create_task(self._drive(runner, checkpoint, spec.run_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._held[spec.run_id] = _Held(runner, task, attempt)
+        task.add_done_callback(lambda _: self._release(spec.run_id))
         return task
+
+    async def start_claimed(self, run: RunRecord) -> None:
+        """Resume (or begin) a run this process just claimed from the queue."""
+        async with self.rt.db.transaction() as conn:
+            decisions = await approvals.decisions_for_run(conn, run.id)
+        checkpoint = Checkpoint.model_validate(run.checkpoint or {})
+        # Events appended while nobody held the run (approval decisions) come first.
+        checkpoint.next_seq = max(checkpoint.next_seq, run.event_seq)
+        try:
+            _, version = self.rt.registry.resolve(run.agent, run.agent_version)
+        except UnknownAgent as exc:
+            await self._fail_unrunnable(run, checkpoint, str(exc))
+            return
+        spec = build_spec(
+            self.rt,
+            run_id=str(run.id),
+            version=version,
+            model_ref=run.model,
+            max_turns=run.max_turns,
+            timeout_s=run.timeout_s,
+            stream=run.pattern == "stream",
+        )
+        self.start(
+            spec,
+            checkpoint,
+            attempt=run.attempt,
+            user_id=run.user_id,
+            webhook_url=run.webhook_url,
+            decisions=decisions,
+        )
+
+    async def _fail_unrunnable(self, run: RunRecord, cp: Checkpoint, message: str) -> None:
+        store = SqlRunStore(
+            self.rt.db,
+            run_id=str(run.id),
+            user_id=run.user_id,
+            owner=self.owner,
+            attempt=run.attempt,
+            webhook_url=run.webhook_url,
+        )
+        error = {"type": "validation_error", "message": message}
+        event = RunEvent(str(run.id), cp.next_seq, EventType.RUN_FAILED, {"error": error})
+        cp.next_seq += 1
+        with contextlib.suppress(LeaseLost):
+            await store.commit(
+                Step(checkpoint=cp, events=[event], outcome=Failed("validation_error", message))
+            )
+
+    def _release(self, run_id: str) -> None:
+        self._held.pop(run_id, None)
+        self.slot_freed.set()
 
     async def _drive(self, runner: GuardedRunner, checkpoint: Checkpoint, run_id: str) -> None:
         try:
@@ -94,14 +183,58 @@ class RunExecutor:
         except LeaseLost:
             log.warning("run %s: lease lost, stopped without writing", run_id)
         except Exception:
-            # The database refused the final write; the lease expiry hands the run on.
+            # The final write failed; the lease expires and another worker resumes the run.
             log.exception("run %s: could not record its end", run_id)
 
-    async def shutdown(self, grace_s: float = 5.0) -> None:
-        """Give running runs `grace_s` to end, then cancel them."""
-        if not self._tasks:
+    def request_cancel(self, run_id: str) -> None:
+        """Stop a held run at its next step boundary, aborting an in-flight LLM call."""
+        held = self._held.get(run_id)
+        if held is not None:
+            held.runner.stop("cancel")
+
+    async def heartbeat(self) -> None:
+        """Renew every lease this process holds; stop runs it lost; pass on cancels."""
+        held_now = dict(self._held)
+        if not held_now:
             return
-        _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+        async with self.rt.db.transaction() as conn:
+            alive = await renew_leases(
+                conn,
+                owner=self.owner,
+                lease_s=self.rt.settings.lease_seconds,
+                now=datetime.now(UTC),
+            )
+        # Only runs held before the renewal: one started since may not be visible to it.
+        for run_id, held in held_now.items():
+            state = alive.get(uuid.UUID(run_id))
+            if state is None or state[0] != held.attempt:
+                # Another worker owns it now (or it ended): write nothing more.
+                if not held.task.done():
+                    log.warning("run %s: lease lost, stopping", run_id)
+                    held.task.cancel()
+            elif state[1]:
+                held.runner.stop("cancel")
+
+    async def heartbeat_forever(self, stop: asyncio.Event) -> None:
+        """Renew leases every third of the lease until `stop` is set."""
+        interval = self.rt.settings.lease_seconds / 3
+        while True:
+            await wait_any(interval, stop)
+            if stop.is_set():
+                return
+            try:
+                await self.heartbeat()
+            except Exception:
+                log.warning("lease heartbeat failed", exc_info=True)
+
+    async def shutdown(self, grace_s: float = 30.0) -> None:
+        """Let each run finish its current step and hand it back, then cancel stragglers."""
+        for held in self._held.values():
+            held.runner.stop("suspend")
+        tasks = [h.task for h in self._held.values()]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import assert_never
+from typing import Literal, assert_never
 
-from pydantic import BaseModel
+from pydantic import ValidationError
 
 from app.guards.limits import RunLimits
-from app.guards.tools import Allow, Reject, RequireApproval, check_tool_call
+from app.guards.tools import Allow, Reject, RequireApproval, check_tool_call, describe_errors
 from app.llm.errors import ProviderError
 from app.llm.pricing import price_call
 from app.llm.types import (
@@ -33,29 +34,28 @@ from app.llm.types import (
 from app.runner.errors import LeaseLost, LLMUnavailable, RunFailure, RunTimeout
 from app.runner.events import EventType, RunEvent
 from app.runner.protocols import (
+    ApprovalDecision,
+    ApprovalRequest,
+    Cancelled,
     Completed,
     EventSink,
     Failed,
     LLMCallRecord,
     Outcome,
+    Paused,
     RunStore,
     Step,
+    Suspended,
     ToolCallRecord,
     ToolStatus,
 )
 from app.runner.state import Checkpoint
-from app.tools.base import Tool, ToolContext, ToolFailure, ToolRegistry
+from app.runner.tool_exec import DENIED, EXPIRED, IN_DOUBT, execute_tool
+from app.tools.base import Tool, ToolContext, ToolRegistry
 
 log = logging.getLogger(__name__)
 
-APPROVAL_UNAVAILABLE = (
-    "tool {name} is high-risk and requires human approval before it runs; "
-    "approval is not available for this run, so it was not run"
-)
-IN_DOUBT = (
-    "the earlier call to {name} was interrupted; it may or may not have taken effect "
-    "and was not repeated"
-)
+StopReason = Literal["cancel", "suspend"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +84,11 @@ def start_run(
     return Checkpoint(messages=messages, next_seq=1), event
 
 
+class _Stop(Exception):
+    def __init__(self, reason: StopReason) -> None:
+        self.reason = reason
+
+
 class GuardedRunner:
     """Drives one run from a checkpoint to its end, committing after every call."""
 
@@ -95,34 +100,53 @@ class GuardedRunner:
         tools: ToolRegistry,
         tool_context: ToolContext,
         store: RunStore,
-        deadline: float,
         sink: EventSink | None = None,
+        decisions: Mapping[str, ApprovalDecision] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`deadline` is the `clock()` value by which the run must have ended."""
+        """`decisions` are the human decisions on this run's approvals, by tool-call key."""
         self._spec = spec
         self._model = model
         self._tools = tools
         self._ctx = tool_context
         self._store = store
         self._sink = sink
+        self._decisions = dict(decisions or {})
         self._clock = clock
-        self._deadline = deadline
+        self._deadline = 0.0
+        self._resumed_at = 0.0
+        self._elapsed_before = 0.0
+        self._stop: StopReason | None = None
+        self._inflight: asyncio.Future[LLMResponse] | None = None
         self._tool_specs = tuple(
             ToolSpec(name=t.name, description=t.description, parameters=t.json_schema())
             for name in sorted(spec.tools)
             if (t := tools.get(name)) is not None
         )
 
+    def stop(self, reason: StopReason) -> None:
+        """Stop at the next step boundary; a cancel also aborts an in-flight LLM call."""
+        if self._stop != "cancel":
+            self._stop = reason
+        if reason == "cancel" and self._inflight is not None:
+            self._inflight.cancel()
+
     async def run(self, cp: Checkpoint) -> Outcome:
-        """Continue the run from `cp` until it completes or fails; return how it ended."""
+        """Continue the run from `cp` until it ends, pauses for approval, or is stopped."""
+        self._resumed_at = self._clock()
+        self._elapsed_before = cp.elapsed_s
+        self._deadline = self._resumed_at + self._spec.limits.timeout_s - cp.elapsed_s
         try:
             while True:
+                self._check_stop()
                 self._spec.limits.check_deadline(self._remaining())
                 pending = cp.unanswered_tool_calls()
                 if pending:
                     for index, call in pending:
-                        await self._tool_step(cp, index, call)
+                        paused = await self._tool_step(cp, index, call)
+                        if paused is not None:
+                            return paused
+                        self._check_stop()
                     continue
                 answer = cp.final_answer()
                 if answer is not None:
@@ -131,6 +155,8 @@ class GuardedRunner:
                 outcome = await self._llm_step(cp)
                 if outcome is not None:
                     return outcome
+        except _Stop as stop:
+            return await self._finish(cp, Cancelled() if stop.reason == "cancel" else Suspended())
         except LeaseLost:
             raise
         except RunFailure as exc:
@@ -139,8 +165,15 @@ class GuardedRunner:
             log.exception("run %s crashed", self._spec.run_id)
             return await self._finish(cp, Failed("internal", "the run failed unexpectedly"))
 
+    def _check_stop(self) -> None:
+        if self._stop is not None:
+            raise _Stop(self._stop)
+
     def _remaining(self) -> float:
         return self._deadline - self._clock()
+
+    def _timeout_failure(self) -> RunTimeout:
+        return RunTimeout(f"the run exceeded its time limit of {self._spec.limits.timeout_s:g} s")
 
     def _event(self, cp: Checkpoint, type_: EventType, data: dict[str, object]) -> RunEvent:
         event = RunEvent(self._spec.run_id, cp.next_seq, type_, data)
@@ -157,7 +190,9 @@ class GuardedRunner:
             log.warning("live publish failed for run %s", self._spec.run_id, exc_info=True)
 
     async def _commit(self, step: Step, *, published: int = 0) -> None:
-        await self._store.commit(step)
+        step.checkpoint.elapsed_s = self._elapsed_before + (self._clock() - self._resumed_at)
+        if await self._store.commit(step):
+            self.stop("cancel")
         await self._publish(list(step.events[published:]))
 
     async def _finish(
@@ -173,16 +208,15 @@ class GuardedRunner:
         usage = cp.usage.model_dump()
         match outcome:
             case Completed(output):
-                events.append(
-                    self._event(
-                        cp, EventType.RUN_COMPLETED, {"result": {"output": output}, "usage": usage}
-                    )
-                )
+                data: dict[str, object] = {"result": {"output": output}, "usage": usage}
+                events.append(self._event(cp, EventType.RUN_COMPLETED, data))
             case Failed(error_type, message):
-                error = {"type": error_type, "message": message}
-                events.append(
-                    self._event(cp, EventType.RUN_FAILED, {"error": error, "usage": usage})
-                )
+                data = {"error": {"type": error_type, "message": message}, "usage": usage}
+                events.append(self._event(cp, EventType.RUN_FAILED, data))
+            case Cancelled():
+                events.append(self._event(cp, EventType.RUN_CANCELLED, {"usage": usage}))
+            case Paused() | Suspended():
+                pass
             case _:
                 assert_never(outcome)
         step = Step(checkpoint=cp, events=events, llm_call=llm_call, outcome=outcome)
@@ -209,35 +243,43 @@ class GuardedRunner:
 
         return on_delta
 
+    async def _call_model(
+        self, request: LLMRequest, on_delta: DeltaCallback | None
+    ) -> LLMResponse | RunFailure:
+        """The model's answer, or why there is none. A cancel aborts the call."""
+        timeout = min(self._spec.limits.llm_timeout_s, self._remaining())
+        call = asyncio.ensure_future(self._model.complete(request, on_delta=on_delta))
+        self._inflight = call
+        try:
+            async with asyncio.timeout(timeout):
+                return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stop == "cancel" and task is not None and not task.cancelling():
+                return RunFailure("the call was aborted because the run was cancelled")
+            raise
+        except TimeoutError:
+            if self._remaining() <= 0:
+                return self._timeout_failure()
+            return LLMUnavailable(
+                f"{request.provider}/{request.model} did not answer within {timeout:g} s"
+            )
+        except ProviderError as exc:
+            name = type(exc).__name__
+            return LLMUnavailable(f"{request.provider}/{request.model}: {name}: {exc}")
+        finally:
+            self._inflight = None
+
     async def _llm_step(self, cp: Checkpoint) -> Outcome | None:
         """One model call, committed with its trace row; the outcome if the run ended."""
         request = self._request(cp)
         deltas: list[RunEvent] = []
         on_delta = self._delta_callback(cp, deltas) if self._spec.stream else None
-        timeout = min(self._spec.limits.llm_timeout_s, self._remaining())
         started = self._clock()
-        failure: RunFailure | None = None
-        response: LLMResponse | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                response = await self._model.complete(request, on_delta=on_delta)
-        except TimeoutError:
-            if self._remaining() <= 0:
-                failure = RunTimeout(
-                    f"the run exceeded its time limit of {self._spec.limits.timeout_s:g} s"
-                )
-            else:
-                failure = LLMUnavailable(
-                    f"{request.provider}/{request.model} did not answer within {timeout:g} s"
-                )
-        except ProviderError as exc:
-            failure = LLMUnavailable(
-                f"{request.provider}/{request.model}: {type(exc).__name__}: {exc}"
-            )
+        answer = await self._call_model(request, on_delta)
         latency_ms = (self._clock() - started) * 1000
         trace_request = request.model_dump(mode="json", exclude_none=True)
-        if response is None:
-            assert failure is not None
+        if not isinstance(answer, LLMResponse):
             cp.usage.llm_calls += 1
             record = LLMCallRecord(
                 turn=cp.turn + 1,
@@ -249,23 +291,25 @@ class GuardedRunner:
                 cost_usd=0.0,
                 priced=True,
                 latency_ms=latency_ms,
-                error=str(failure),
+                error=str(answer),
             )
-            outcome = Failed(failure.error_type, str(failure))
+            ending: Outcome = (
+                Cancelled() if self._stop == "cancel" else Failed(answer.error_type, str(answer))
+            )
             return await self._finish(
-                cp, outcome, llm_call=record, events=deltas, published=len(deltas)
+                cp, ending, llm_call=record, events=deltas, published=len(deltas)
             )
-        cost = price_call(request.provider, request.model, response.usage)
-        cp.messages.append(response.message)
+        cost = price_call(request.provider, request.model, answer.usage)
+        cp.messages.append(answer.message)
         cp.turn += 1
-        cp.usage.add_llm_call(response.usage, cost.usd)
+        cp.usage.add_llm_call(answer.usage, cost.usd)
         record = LLMCallRecord(
             turn=cp.turn,
             provider=request.provider,
             model=request.model,
             request=trace_request,
-            response=response.model_dump(mode="json", exclude_none=True),
-            usage=response.usage,
+            response=answer.model_dump(mode="json", exclude_none=True),
+            usage=answer.usage,
             cost_usd=cost.usd,
             priced=cost.priced,
             latency_ms=latency_ms,
@@ -277,89 +321,125 @@ class GuardedRunner:
                 "turn": cp.turn,
                 "provider": request.provider,
                 "model": request.model,
-                "content": response.message.content,
-                "tool_calls": [c.name for c in response.message.tool_calls],
-                "usage": response.usage.model_dump(),
+                "content": answer.message.content,
+                "tool_calls": [c.name for c in answer.message.tool_calls],
+                "usage": answer.usage.model_dump(),
                 "cost_usd": cost.usd,
                 "latency_ms": round(latency_ms, 3),
-                "finish_reason": response.finish_reason,
+                "finish_reason": answer.finish_reason,
             },
         )
         events = [*deltas, call_event]
-        if response.message.tool_calls:
-            await self._commit(
-                Step(checkpoint=cp, events=events, llm_call=record), published=len(deltas)
-            )
+        if answer.message.tool_calls:
+            step = Step(checkpoint=cp, events=events, llm_call=record)
+            await self._commit(step, published=len(deltas))
             return None
-        completed = Completed(response.message.content or "")
+        completed = Completed(answer.message.content or "")
         return await self._finish(
             cp, completed, llm_call=record, events=events, published=len(deltas)
         )
 
-    async def _tool_step(self, cp: Checkpoint, index: int, call: ToolCall) -> None:
-        """Guard, record the intent, execute, and commit one tool call."""
+    async def _tool_step(self, cp: Checkpoint, index: int, call: ToolCall) -> Paused | None:
+        """Guard, record the intent, execute and commit one tool call; Paused if it needs
+        a human decision first."""
         key = f"{self._spec.run_id}:{cp.turn}:{index}"
-        call_event = self._event(
-            cp,
-            EventType.TOOL_CALL,
-            {
-                "call_id": call.id,
-                "name": call.name,
-                "arguments": call.arguments,
-                "index": index,
-            },
-        )
+        call_data: dict[str, object] = {
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": call.arguments,
+            "index": index,
+        }
+        call_event = self._event(cp, EventType.TOOL_CALL, call_data)
         decision = check_tool_call(call, allowed=self._spec.tools, registry=self._tools)
         match decision:
             case Reject(verdict, message):
                 await self._tool_done(cp, key, index, call, verdict, message, None, [call_event])
-            case RequireApproval(tool, _):
-                message = APPROVAL_UNAVAILABLE.format(name=tool.name)
-                await self._tool_done(cp, key, index, call, "refused", message, None, [call_event])
             case Allow(tool, args):
-                intent = ToolCallRecord(
-                    key=key,
-                    turn=cp.turn,
-                    index=index,
-                    call_id=call.id,
-                    name=call.name,
-                    arguments=args.model_dump(mode="json"),
-                    status="started",
+                await self._run_tool(
+                    cp, key, index, call, tool, args.model_dump(mode="json"), call_event
                 )
-                prior = await self._store.begin_tool_call(intent, cp, [call_event])
-                await self._publish([call_event])
-                if prior is not None and not tool.idempotent:
-                    message = IN_DOUBT.format(name=tool.name)
-                    await self._tool_done(cp, key, index, call, "in_doubt", message, None, [])
-                    return
-                status, text, latency_ms = await self._execute(tool, args, key)
-                await self._tool_done(cp, key, index, call, status, text, latency_ms, [])
+            case RequireApproval(tool, args):
+                decided = self._decisions.get(key)
+                if decided is None:
+                    request = ApprovalRequest(
+                        id=str(uuid.uuid4()),
+                        key=key,
+                        call_id=call.id,
+                        tool=tool.name,
+                        arguments=args.model_dump(mode="json"),
+                    )
+                    asked = self._event(
+                        cp,
+                        EventType.APPROVAL_REQUIRED,
+                        {
+                            "approval_id": request.id,
+                            "name": tool.name,
+                            "arguments": request.arguments,
+                        },
+                    )
+                    paused = Paused(request)
+                    await self._finish(cp, paused, events=[call_event, asked])
+                    return paused
+                if decided.status == "approved":
+                    arguments = (
+                        decided.arguments if decided.arguments is not None else call.arguments
+                    )
+                    await self._run_tool(cp, key, index, call, tool, arguments, call_event)
+                else:
+                    reason = f": {decided.reason}" if decided.reason else ""
+                    template = DENIED if decided.status == "denied" else EXPIRED
+                    message = template.format(name=tool.name, reason=reason)
+                    await self._tool_done(
+                        cp, key, index, call, "refused", message, None, [call_event]
+                    )
             case _:
                 assert_never(decision)
+        return None
 
-    async def _execute(
-        self, tool: Tool, args: BaseModel, key: str
-    ) -> tuple[ToolStatus, str, float]:
-        timeout = min(tool.timeout_s, self._remaining())
-        started = self._clock()
-        status: ToolStatus = "ok"
+    async def _run_tool(
+        self,
+        cp: Checkpoint,
+        key: str,
+        index: int,
+        call: ToolCall,
+        tool: Tool,
+        arguments: dict[str, object],
+        call_event: RunEvent,
+    ) -> None:
         try:
-            async with asyncio.timeout(timeout):
-                text = await tool.fn(args, replace(self._ctx, idempotency_key=key))
-        except ToolFailure as exc:
-            status, text = "error", str(exc)
-        except TimeoutError:
-            if self._remaining() <= 0:
-                raise RunTimeout(
-                    f"the run exceeded its time limit of {self._spec.limits.timeout_s:g} s"
-                ) from None
-            status, text = "error", f"{tool.name} timed out after {timeout:g} s"
-        except Exception as exc:
-            log.exception("tool %s crashed", tool.name)
-            status, text = "error", f"{tool.name} failed unexpectedly ({type(exc).__name__})"
-        if len(text) > tool.max_result_chars:
-            text = text[: tool.max_result_chars] + "\n[truncated]"
-        return status, text, (self._clock() - started) * 1000
+            args = tool.args_model.model_validate(arguments)
+        except ValidationError as exc:
+            message = f"invalid arguments for {tool.name}: {describe_errors(exc)}"
+            await self._tool_done(cp, key, index, call, "invalid", message, None, [call_event])
+            return
+        intent = ToolCallRecord(
+            key=key,
+            turn=cp.turn,
+            index=index,
+            call_id=call.id,
+            name=call.name,
+            arguments=args.model_dump(mode="json"),
+            status="started",
+        )
+        prior = await self._store.begin_tool_call(intent, cp, [call_event])
+        await self._publish([call_event])
+        if prior is not None and not tool.idempotent:
+            message = IN_DOUBT.format(name=tool.name)
+            await self._tool_done(cp, key, index, call, "in_doubt", message, None, [])
+            return
+        remaining = self._remaining()
+        result = await execute_tool(
+            tool,
+            args,
+            replace(self._ctx, idempotency_key=key),
+            timeout_s=min(tool.timeout_s, remaining),
+            run_timeout=remaining < tool.timeout_s,
+        )
+        if result.hit_deadline:
+            raise self._timeout_failure()
+        await self._tool_done(
+            cp, key, index, call, result.status, result.text, result.latency_ms, []
+        )
 
     async def _tool_done(
         self,

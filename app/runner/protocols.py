@@ -46,6 +46,28 @@ class ToolCallRecord:
     latency_ms: float | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApprovalRequest:
+    """A high-risk call that waits for a human decision."""
+
+    id: str
+    key: str
+    call_id: str
+    tool: str
+    arguments: JsonObject
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApprovalDecision:
+    """What a human (or the expiry) decided about an ApprovalRequest."""
+
+    status: Literal["approved", "denied", "expired"]
+    arguments: JsonObject | None = None
+    """The arguments to run with when approved (possibly edited by the approver)."""
+    reason: str | None = None
+    decided_by: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Completed:
     output: str
@@ -57,7 +79,25 @@ class Failed:
     message: str
 
 
-Outcome = Completed | Failed
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """Stopped on request at a step boundary."""
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """Waiting for an approval; no worker holds the run meanwhile."""
+
+    approval: ApprovalRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Suspended:
+    """Handed back to the queue (the worker is shutting down); another worker resumes it."""
+
+
+Outcome = Completed | Failed | Cancelled | Paused | Suspended
+TERMINAL_OUTCOMES = (Completed, Failed, Cancelled)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,8 +114,9 @@ class Step:
 class RunStore(Protocol):
     """Durable state of one run, written only by the worker that holds its lease."""
 
-    async def commit(self, step: Step) -> None:
-        """Persist the step atomically; raise LeaseLost if the run is no longer ours."""
+    async def commit(self, step: Step) -> bool:
+        """Persist the step atomically; raise LeaseLost if the run is no longer ours.
+        Return True when someone asked to cancel the run."""
         ...
 
     async def begin_tool_call(

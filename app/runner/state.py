@@ -34,6 +34,8 @@ class Checkpoint(BaseModel):
     """LLM calls made so far."""
     next_seq: int = 0
     """Sequence number of the next event."""
+    elapsed_s: float = 0.0
+    """Run time used so far (time spent waiting for approval or in the queue excluded)."""
 
     def unanswered_tool_calls(self) -> list[tuple[int, ToolCall]]:
         """Tool calls of the last assistant message that have no result yet, with their index."""

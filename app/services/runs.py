@@ -1,4 +1,4 @@
-"""Creating, reading and tracing runs; the HTTP routes call these."""
+"""Creating, reading, cancelling and tracing runs; the HTTP routes call these."""
 
 from __future__ import annotations
 
@@ -7,20 +7,36 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from app.agents.registry import UnknownAgent
 from app.api.schemas import RunCreate
-from app.errors import InvalidRequest, NotFound
+from app.errors import Conflict, InvalidRequest, NotFound
 from app.jobs.executor import RunExecutor, build_spec
+from app.jobs.ssrf import UnsafeURL, check_callback_url
 from app.runner.loop import start_run
 from app.services.auth import Principal
+from app.store import approvals, queue, webhooks
 from app.store import runs as run_store
+from app.store.approvals import ApprovalRecord
 from app.store.runs import NewRun, RunRecord, Trace
+from app.store.webhooks import Delivery
 
 
 @dataclass(frozen=True, slots=True)
 class StartedRun:
     run_id: uuid.UUID
-    task: asyncio.Task[None]
+    task: asyncio.Task[None] | None
+    """Set when this process drives the run (sync); None when it waits in the queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """A run with what its answer shows besides the row."""
+
+    run: RunRecord
+    approvals: list[ApprovalRecord]
+    webhook: Delivery | None
 
 
 def parse_run_id(job_id: str) -> uuid.UUID:
@@ -31,10 +47,11 @@ def parse_run_id(job_id: str) -> uuid.UUID:
         raise NotFound(f"run {job_id} not found") from None
 
 
-async def start_inline_run(
-    executor: RunExecutor, principal: Principal, body: RunCreate, *, pattern: str
+async def create_run(
+    executor: RunExecutor, principal: Principal, body: RunCreate, *, pattern: str, inline: bool
 ) -> StartedRun:
-    """Store a running run under this process's lease and start driving it here."""
+    """Store a new run. Inline: this process takes its lease and drives it now; otherwise
+    it waits in the queue for a worker."""
     rt = executor.rt
     try:
         agent, version = rt.registry.resolve(body.agent)
@@ -42,6 +59,8 @@ async def start_inline_run(
         raise InvalidRequest(str(exc)) from None
     _check_limit("max_turns", body.max_turns, version.max_turns)
     _check_limit("timeout_s", body.timeout_s, version.timeout_s)
+    if body.webhook_url is not None:
+        await _check_webhook(executor, body.webhook_url)
     max_turns = body.max_turns or version.max_turns
     timeout_s = body.timeout_s or version.timeout_s
     model_ref = version.model or rt.settings.default_model
@@ -60,19 +79,25 @@ async def start_inline_run(
         agent_version=version.version,
         model=model_ref,
         pattern=pattern,
-        status="running",
+        status="running" if inline else "pending",
         input=body.input,
         metadata=dict(body.metadata),
         max_turns=max_turns,
         timeout_s=timeout_s,
         created_at=now,
-        started_at=now,
-        lease_owner=executor.owner,
-        lease_expires_at=now + timedelta(seconds=rt.settings.lease_seconds),
-        attempt=1,
+        started_at=now if inline else None,
+        lease_owner=executor.owner if inline else None,
+        lease_expires_at=now + timedelta(seconds=rt.settings.lease_seconds) if inline else None,
+        attempt=1 if inline else 0,
+        webhook_url=body.webhook_url,
     )
     async with rt.db.transaction() as conn:
         await run_store.insert_run(conn, run, checkpoint=checkpoint, events=[started])
+        if not inline:
+            await queue.notify(conn, queue.READY_CHANNEL)
+    if not inline:
+        rt.wakeups.ready()
+        return StartedRun(run_id, None)
     spec = build_spec(
         rt,
         run_id=str(run_id),
@@ -80,8 +105,12 @@ async def start_inline_run(
         model_ref=model_ref,
         max_turns=max_turns,
         timeout_s=timeout_s,
+        stream=pattern == "stream",
     )
-    return StartedRun(run_id, executor.start(spec, checkpoint, attempt=1))
+    task = executor.start(
+        spec, checkpoint, attempt=1, user_id=principal.user_id, webhook_url=body.webhook_url
+    )
+    return StartedRun(run_id, task)
 
 
 def _check_limit(name: str, asked: float | None, limit: float) -> None:
@@ -90,13 +119,69 @@ def _check_limit(name: str, asked: float | None, limit: float) -> None:
         raise InvalidRequest(f"{name} {asked:g} exceeds the agent's limit of {limit:g}")
 
 
-async def get_run(executor: RunExecutor, principal: Principal, run_id: uuid.UUID) -> RunRecord:
-    """The run, if the caller may see it."""
+async def _check_webhook(executor: RunExecutor, url: str) -> None:
+    settings = executor.rt.settings
+    if settings.webhook_secret is None:
+        raise InvalidRequest("webhooks are not enabled here: AGENTSVC_WEBHOOK_SECRET is not set")
+    try:
+        async with asyncio.timeout(5):
+            await check_callback_url(url, allowed_hosts=settings.webhook_allowed_hosts)
+    except UnsafeURL as exc:
+        raise InvalidRequest(f"webhook_url refused: {exc}") from None
+    except TimeoutError:
+        raise InvalidRequest("webhook_url refused: its host did not resolve in time") from None
+
+
+async def get_run(executor: RunExecutor, principal: Principal, run_id: uuid.UUID) -> RunView:
+    """The run, if the caller may see it, with its pending approvals and webhook state."""
     async with executor.rt.db.transaction() as conn:
         run = await run_store.get_run(conn, run_id, principal.owner)
-    if run is None:
-        raise NotFound(f"run {run_id} not found")
-    return run
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        return await load_view(conn, run)
+
+
+async def load_view(conn: AsyncConnection, run: RunRecord) -> RunView:
+    """What a Run answer shows besides the row: pending approvals, webhook state."""
+    pending = (
+        await approvals.list_pending(conn, run_id=run.id)
+        if run.status == "awaiting_approval"
+        else []
+    )
+    delivery = await webhooks.latest_for_run(conn, run.id) if run.webhook_url else None
+    return RunView(run, pending, delivery)
+
+
+async def cancel_run(executor: RunExecutor, principal: Principal, run_id: uuid.UUID) -> RunView:
+    """Cancel: a queued or paused run at once, a running one at its next step boundary
+    (its in-flight LLM call is aborted). A finished run is left as it is."""
+    rt = executor.rt
+    now = datetime.now(UTC)
+    async with rt.db.transaction() as conn:
+        run = await run_store.get_run(conn, run_id, principal.owner)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        run = await queue.lock_run(conn, run_id)
+        assert run is not None
+        if run.status in ("pending", "awaiting_approval"):
+            await approvals.cancel_pending(conn, run_id, now=now)
+            await queue.finish_unowned(conn, run, status="cancelled", now=now)
+        elif run.status == "running" and not run.cancel_requested:
+            await queue.request_cancel(conn, run_id)
+            await queue.notify(conn, queue.CANCEL_CHANNEL, str(run_id))
+    rt.wakeups.cancel(str(run_id))
+    return await get_run(executor, principal, run_id)
+
+
+async def retry_webhook(executor: RunExecutor, principal: Principal, run_id: uuid.UUID) -> RunView:
+    """Send the run's failed webhook deliveries again, with the same webhook-id."""
+    async with executor.rt.db.transaction() as conn:
+        run = await run_store.get_run(conn, run_id, principal.owner)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        if await webhooks.retry_failed(conn, run_id, now=datetime.now(UTC)) == 0:
+            raise Conflict("the run has no failed webhook delivery to send again")
+    return await get_run(executor, principal, run_id)
 
 
 async def get_trace(

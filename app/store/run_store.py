@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -12,8 +12,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.runner.errors import LeaseLost
 from app.runner.events import RunEvent
-from app.runner.protocols import Completed, Failed, Step, ToolCallRecord
+from app.runner.protocols import (
+    Cancelled,
+    Completed,
+    Failed,
+    LLMCallRecord,
+    Outcome,
+    Paused,
+    Step,
+    Suspended,
+    ToolCallRecord,
+)
 from app.runner.state import Checkpoint
+from app.store import approvals, webhooks
 from app.store.db import Database
 from app.store.runs import event_rows, events_t, llm_calls_t, runs, tool_calls_t
 
@@ -21,46 +32,57 @@ from app.store.runs import event_rows, events_t, llm_calls_t, runs, tool_calls_t
 class SqlRunStore:
     """Writes of the worker that holds a run's lease; a lost lease raises LeaseLost."""
 
-    def __init__(self, db: Database, *, run_id: str, owner: str, attempt: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        run_id: str,
+        user_id: str,
+        owner: str,
+        attempt: int,
+        webhook_url: str | None = None,
+        approval_ttl_s: float = 3600.0,
+    ) -> None:
         self._db = db
         self._run_id = uuid.UUID(run_id)
+        self._user_id = user_id
         self._owner = owner
         self._attempt = attempt
+        self._webhook_url = webhook_url
+        self._approval_ttl = timedelta(seconds=approval_ttl_s)
         self._dialect = db.engine.dialect.name
 
-    async def commit(self, step: Step) -> None:
+    async def commit(self, step: Step) -> bool:
+        now = datetime.now(UTC)
         async with self._db.transaction() as conn:
-            await self._update_run(conn, step.checkpoint, step)
+            cancel = await self._update_run(conn, step.checkpoint, step.outcome, now)
             if step.llm_call is not None:
-                c = step.llm_call
-                await conn.execute(
-                    insert(llm_calls_t).values(
-                        run_id=self._run_id,
-                        turn=c.turn,
-                        provider=c.provider,
-                        model=c.model,
-                        request=c.request,
-                        response=c.response,
-                        input_tokens=c.usage.input_tokens,
-                        output_tokens=c.usage.output_tokens,
-                        cached_tokens=c.usage.cached_tokens,
-                        cost_usd=c.cost_usd,
-                        priced=c.priced,
-                        latency_ms=c.latency_ms,
-                        error=c.error,
-                        cache_hit=c.cache_hit,
-                    )
-                )
+                await conn.execute(insert(llm_calls_t).values(self._llm_values(step.llm_call)))
             if step.tool_call is not None:
                 await self._upsert_tool_call(conn, step.tool_call)
             if step.events:
                 await conn.execute(insert(events_t), event_rows(step.events))
+            if isinstance(step.outcome, Paused):
+                await approvals.insert_approval(
+                    conn,
+                    step.outcome.approval,
+                    run_id=self._run_id,
+                    user_id=self._user_id,
+                    now=now,
+                    expires_at=now + self._approval_ttl,
+                )
+            status = _status(step.outcome)
+            if status is not None:
+                await webhooks.enqueue(
+                    conn, run_id=self._run_id, url=self._webhook_url, status=status, now=now
+                )
+        return cancel
 
     async def begin_tool_call(
         self, intent: ToolCallRecord, checkpoint: Checkpoint, events: Sequence[RunEvent]
     ) -> ToolCallRecord | None:
         async with self._db.transaction() as conn:
-            await self._update_run(conn, checkpoint, None)
+            await self._update_run(conn, checkpoint, None, datetime.now(UTC))
             prior = (
                 await conn.execute(
                     select(tool_calls_t).where(tool_calls_t.c.idempotency_key == intent.key)
@@ -84,10 +106,13 @@ class SqlRunStore:
             latency_ms=prior.latency_ms,
         )
 
-    async def _update_run(self, conn: AsyncConnection, cp: Checkpoint, step: Step | None) -> None:
+    async def _update_run(
+        self, conn: AsyncConnection, cp: Checkpoint, outcome: Outcome | None, now: datetime
+    ) -> bool:
         usage = cp.usage
         values: dict[str, object] = {
             "checkpoint": cp.model_dump(mode="json"),
+            "event_seq": cp.next_seq,
             "turns": cp.turn,
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
@@ -96,14 +121,19 @@ class SqlRunStore:
             "llm_calls": usage.llm_calls,
             "tool_calls": usage.tool_calls,
         }
-        outcome = step.outcome if step is not None else None
+        status = _status(outcome)
         if outcome is not None:
-            values.update(finished_at=datetime.now(UTC), lease_owner=None, lease_expires_at=None)
-            match outcome:
-                case Completed(output):
-                    values.update(status="completed", result={"output": output})
-                case Failed(error_type, message):
-                    values.update(status="failed", error={"type": error_type, "message": message})
+            # Every outcome hands the run back: ended, paused for a human, or re-queued.
+            values.update(status=status or "pending", lease_owner=None, lease_expires_at=None)
+        match outcome:
+            case Completed(output):
+                values.update(result={"output": output}, finished_at=now)
+            case Failed(error_type, message):
+                values.update(error={"type": error_type, "message": message}, finished_at=now)
+            case Cancelled():
+                values.update(finished_at=now)
+            case Paused() | Suspended() | None:
+                pass
         result = await conn.execute(
             update(runs)
             .where(
@@ -112,9 +142,30 @@ class SqlRunStore:
                 runs.c.attempt == self._attempt,
             )
             .values(values)
+            .returning(runs.c.cancel_requested)
         )
-        if result.rowcount != 1:
+        cancel = result.scalar_one_or_none()
+        if cancel is None:
             raise LeaseLost(f"run {self._run_id} is no longer held by {self._owner}")
+        return bool(cancel)
+
+    def _llm_values(self, c: LLMCallRecord) -> dict[str, object]:
+        return {
+            "run_id": self._run_id,
+            "turn": c.turn,
+            "provider": c.provider,
+            "model": c.model,
+            "request": c.request,
+            "response": c.response,
+            "input_tokens": c.usage.input_tokens,
+            "output_tokens": c.usage.output_tokens,
+            "cached_tokens": c.usage.cached_tokens,
+            "cost_usd": c.cost_usd,
+            "priced": c.priced,
+            "latency_ms": c.latency_ms,
+            "error": c.error,
+            "cache_hit": c.cache_hit,
+        }
 
     def _tool_values(self, record: ToolCallRecord) -> dict[str, object]:
         finished = None if record.status == "started" else datetime.now(UTC)
@@ -140,3 +191,18 @@ class SqlRunStore:
         await conn.execute(
             stmt.on_conflict_do_update(index_elements=["idempotency_key"], set_=changed)
         )
+
+
+def _status(outcome: Outcome | None) -> str | None:
+    """The run status an outcome leads to (None: the run goes on or goes back to the queue)."""
+    match outcome:
+        case Completed():
+            return "completed"
+        case Failed():
+            return "failed"
+        case Cancelled():
+            return "cancelled"
+        case Paused():
+            return "awaiting_approval"
+        case Suspended() | None:
+            return None

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Select, Table, insert, select
+from sqlalchemy import Table, insert, select
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.runner.events import RunEvent
@@ -48,6 +49,7 @@ class NewRun:
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     attempt: int = 0
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +79,10 @@ class RunRecord:
     checkpoint: dict[str, object] | None
     lease_owner: str | None
     attempt: int
+    crashes: int
+    event_seq: int
+    cancel_requested: bool
+    webhook_url: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -113,6 +119,8 @@ async def insert_run(
         "lease_owner": run.lease_owner,
         "lease_expires_at": run.lease_expires_at,
         "attempt": run.attempt,
+        "event_seq": checkpoint.next_seq if checkpoint else 0,
+        "webhook_url": run.webhook_url,
         "created_at": run.created_at,
         "started_at": run.started_at,
     }
@@ -121,16 +129,17 @@ async def insert_run(
         await conn.execute(insert(events_t), event_rows(events))
 
 
-def _scoped(stmt: Select[Run], owner: Owner) -> Select[Run]:
-    return stmt if owner.is_admin else stmt.where(runs.c.user_id == owner.user_id)
-
-
 async def get_run(conn: AsyncConnection, run_id: uuid.UUID, owner: Owner) -> RunRecord | None:
     """The run if it exists and `owner` may see it; otherwise None (never tell which)."""
-    stmt = _scoped(select(Run).where(runs.c.id == run_id), owner)
+    stmt = select(runs).where(runs.c.id == run_id)
+    if not owner.is_admin:
+        stmt = stmt.where(runs.c.user_id == owner.user_id)
     row = (await conn.execute(stmt)).mappings().first()
-    if row is None:
-        return None
+    return None if row is None else record_from_row(row)
+
+
+def record_from_row(row: RowMapping) -> RunRecord:
+    """A RunRecord from a full `runs` row (a select or a RETURNING of every column)."""
     fields = {k: row[k] for k in RunRecord.__dataclass_fields__ if k in row}
     fields["metadata"] = row["metadata"]
     return RunRecord(**fields)

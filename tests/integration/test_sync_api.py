@@ -140,20 +140,25 @@ async def test_lowered_max_turns_fails_the_run(client: AsyncClient) -> None:
     assert body["usage"]["tool_calls"] == 1  # type: ignore[index]
 
 
-async def test_high_risk_tool_is_refused_and_file_survives(
+async def test_high_risk_tool_waits_for_approval_and_file_survives(
     make_settings: SettingsFactory,
 ) -> None:
     settings = make_settings()
     settings.sandbox_dir.mkdir(parents=True)
     (settings.sandbox_dir / "notes.txt").write_text("keep me")
     async with running_app(settings) as client:
-        body = await run(client, "delete notes.txt")
+        response = await client.post(
+            "/agent", json={"agent": "assistant", "input": "delete notes.txt"}, headers=ALICE
+        )
+        assert response.status_code == 202
+        body = response.json()
+        assert body["status"] == "awaiting_approval"
+        (pending,) = body["pending_approvals"]
+        assert pending["tool"] == "delete_file"
+        assert pending["arguments"] == {"path": "notes.txt"}
         assert (settings.sandbox_dir / "notes.txt").read_text() == "keep me"
         trace = (await client.get(f"/agent/runs/{body['job_id']}/trace", headers=ALICE)).json()
-        (tool,) = trace["tool_calls"]
-        assert tool["name"] == "delete_file"
-        assert tool["status"] == "refused"
-        assert "approval" in tool["result"]
+        assert trace["tool_calls"] == []
 
         read = await run(client, "read notes.txt")
         assert "keep me" in str(read["result"])

@@ -79,8 +79,10 @@ class MemoryStore:
     events: list[RunEvent] = field(default_factory=list)
     checkpoints: list[JsonObject] = field(default_factory=list)
     lost: bool = False
+    cancel_after: int | None = None
+    """Report a cancel request from this many commits on."""
 
-    async def commit(self, step: Step) -> None:
+    async def commit(self, step: Step) -> bool:
         if self.lost:
             raise LeaseLost("gone")
         self.steps.append(step)
@@ -88,6 +90,7 @@ class MemoryStore:
         self.checkpoints.append(step.checkpoint.model_dump(mode="json"))
         if step.tool_call is not None:
             self.intents[step.tool_call.key] = step.tool_call
+        return self.cancel_after is not None and len(self.steps) >= self.cancel_after
 
     async def begin_tool_call(
         self, intent: ToolCallRecord, checkpoint: Checkpoint, events: Sequence[RunEvent]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ from app.llm.types import Message, ToolCall
 from app.runner.errors import LeaseLost
 from app.runner.events import EventType
 from app.runner.loop import GuardedRunner, RunSpec, start_run
-from app.runner.protocols import Completed, Failed
+from app.runner.protocols import ApprovalDecision, Cancelled, Completed, Failed, Paused, Suspended
 from app.runner.state import Checkpoint
 from app.tools.base import Risk, ToolContext, ToolFailure, ToolRegistry
 from tests.support.runner_fakes import (
@@ -39,6 +38,7 @@ def make_runner(
     llm_timeout_s: float = 5.0,
     tool_timeout_s: float = 5.0,
     stream: bool = False,
+    decisions: dict[str, ApprovalDecision] | None = None,
 ) -> GuardedRunner:
     registry = ToolRegistry()
     for t in tools:
@@ -53,12 +53,7 @@ def make_runner(
     )
     ctx = ToolContext(sandbox_dir=Path("/nonexistent"), http=httpx.AsyncClient())
     return GuardedRunner(
-        spec,
-        model=model,
-        tools=registry,
-        tool_context=ctx,
-        store=store,
-        deadline=time.monotonic() + timeout_s,
+        spec, model=model, tools=registry, tool_context=ctx, store=store, decisions=decisions
     )
 
 
@@ -148,14 +143,95 @@ async def test_non_object_arguments_are_invalid() -> None:
     assert store.steps[1].tool_call.status == "invalid"
 
 
-async def test_high_risk_tool_is_refused_until_approved() -> None:
+async def test_high_risk_tool_pauses_for_approval_without_running() -> None:
     danger = CountingTool("danger", risk=Risk.HIGH)
-    model = ScriptedModel([tool_call("danger", {"text": "x"}), text("ok")])
+    model = ScriptedModel([tool_call("danger", {"text": "x"})])
     store = MemoryStore()
-    await make_runner(model, store, [danger]).run(fresh())
+    outcome = await make_runner(model, store, [danger]).run(fresh())
 
+    assert isinstance(outcome, Paused)
+    assert outcome.approval.tool == "danger"
+    assert outcome.approval.arguments == {"text": "x"}
+    assert outcome.approval.key == f"{RUN_ID}:1:0"
     assert danger.calls == 0
-    assert "approval" in (model.requests[1].messages[-1].content or "")
+    assert types(store)[-2:] == ["tool.call", "approval.required"]
+    assert store.steps[-1].outcome == outcome
+
+
+@pytest.mark.parametrize(
+    ("decision", "calls", "told"),
+    [
+        (ApprovalDecision(status="approved"), 1, "echo:x"),
+        (ApprovalDecision(status="approved", arguments={"text": "edited"}), 1, "echo:edited"),
+        (ApprovalDecision(status="approved", arguments={"bad": 1}), 0, "invalid arguments"),
+        (
+            ApprovalDecision(status="denied", reason="too risky"),
+            0,
+            "denied running danger: too risky",
+        ),
+        (ApprovalDecision(status="expired"), 0, "nobody approved"),
+    ],
+)
+async def test_resume_after_decision(decision: ApprovalDecision, calls: int, told: str) -> None:
+    danger = CountingTool("danger", risk=Risk.HIGH)
+    model = ScriptedModel([text("after")])
+    store = MemoryStore()
+    runner = make_runner(model, store, [danger], decisions={f"{RUN_ID}:1:0": decision})
+    cp = interrupted_checkpoint("danger")
+    outcome = await runner.run(cp)
+
+    assert outcome == Completed("after")
+    assert danger.calls == calls
+    assert told in (model.requests[0].messages[-1].content or "")
+
+
+async def test_cancel_reported_by_the_store_stops_at_the_next_step() -> None:
+    echo = CountingTool("echo")
+    model = ScriptedModel([tool_call("echo", {"text": "x"}), text("never")])
+    store = MemoryStore(cancel_after=1)
+    outcome = await make_runner(model, store, [echo]).run(fresh())
+
+    assert outcome == Cancelled()
+    assert echo.calls == 0
+    assert types(store) == ["llm.call", "run.cancelled"]
+    assert store.steps[-1].checkpoint.usage.llm_calls == 1
+
+
+async def test_cancel_aborts_an_in_flight_llm_call() -> None:
+    import asyncio
+
+    model = ScriptedModel([30.0])
+    store = MemoryStore()
+    runner = make_runner(model, store, [])
+    task = asyncio.create_task(runner.run(fresh()))
+    await asyncio.sleep(0.05)
+    runner.stop("cancel")
+    outcome = await asyncio.wait_for(task, 2)
+
+    assert outcome == Cancelled()
+    assert types(store) == ["run.cancelled"]
+    assert store.steps[-1].llm_call is not None
+    assert "cancel" in (store.steps[-1].llm_call.error or "")
+
+
+async def test_suspend_finishes_the_current_step_and_hands_back() -> None:
+    echo = CountingTool("echo")
+    model = ScriptedModel([tool_call("echo", {"text": "x"}), text("later")])
+    store = MemoryStore()
+    runner = make_runner(model, store, [echo])
+    original = model.complete
+
+    async def complete_then_suspend(*args: object, **kwargs: object) -> object:
+        runner.stop("suspend")
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.complete = complete_then_suspend  # type: ignore[method-assign,assignment]
+    outcome = await runner.run(fresh())
+
+    assert outcome == Suspended()
+    assert echo.calls == 0
+    assert store.steps[-1].checkpoint.turn == 1
+    assert store.steps[-1].checkpoint.elapsed_s > 0
 
 
 async def test_max_turns_fails_the_run() -> None:

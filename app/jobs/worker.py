@@ -1,0 +1,110 @@
+"""The queue worker: claims runs into free slots, reaps dead workers' runs, expires
+approvals and delivers webhooks. `agentsvc worker` runs one; `serve` embeds one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from app.jobs.executor import RunExecutor
+from app.jobs.waiting import wait_any
+from app.jobs.webhooks import WebhookDispatcher
+from app.services import approvals as approval_service
+from app.store import queue
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Keeps up to `capacity` runs going in its executor."""
+
+    def __init__(
+        self,
+        executor: RunExecutor,
+        *,
+        capacity: int,
+        dispatcher: WebhookDispatcher | None = None,
+    ) -> None:
+        self._executor = executor
+        self._rt = executor.rt
+        self._capacity = capacity
+        self._dispatcher = dispatcher
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Work until `stopping` is set; then stop claiming (held runs are the executor's)."""
+        loops = [self._claim_loop(), self._maintenance_loop()]
+        if self._dispatcher is not None:
+            loops.append(self._delivery_loop(self._dispatcher))
+        await asyncio.gather(*loops)
+
+    async def claim_once(self) -> int:
+        """Claim runs for the free slots and start them; the number claimed."""
+        free = self._capacity - self._executor.active
+        if free <= 0:
+            return 0
+        settings = self._rt.settings
+        async with self._rt.db.transaction() as conn:
+            claimed = await queue.claim_runs(
+                conn,
+                owner=self._executor.owner,
+                lease_s=settings.lease_seconds,
+                limit=free,
+                now=datetime.now(UTC),
+            )
+        for run in claimed:
+            await self._executor.start_claimed(run)
+        return len(claimed)
+
+    async def _claim_loop(self) -> None:
+        poll_s = self._rt.settings.poll_interval_s
+        ready = self._rt.wakeups.ready_event
+        while not self.stopping.is_set():
+            ready.clear()
+            try:
+                claimed = await self.claim_once()
+            except Exception:
+                log.warning("claiming runs failed", exc_info=True)
+                claimed = 0
+            if claimed and self._executor.active < self._capacity:
+                continue  # there may be more waiting
+            self._executor.slot_freed.clear()
+            if self._executor.active >= self._capacity:
+                await wait_any(poll_s, self._executor.slot_freed, self.stopping)
+            else:
+                await wait_any(poll_s, ready, self.stopping)
+
+    async def maintain_once(self) -> None:
+        """Re-queue runs whose worker died, end those that died too often, expire approvals."""
+        settings = self._rt.settings
+        async with self._rt.db.transaction() as conn:
+            requeued = await queue.reap_expired(
+                conn, now=datetime.now(UTC), max_attempts=settings.max_attempts
+            )
+            if requeued:
+                await queue.notify(conn, queue.READY_CHANNEL)
+        if requeued:
+            log.warning("re-queued %d runs whose worker stopped renewing its lease", len(requeued))
+            self._rt.wakeups.ready()
+        await approval_service.expire_due(self._rt)
+
+    async def _maintenance_loop(self) -> None:
+        interval = min(self._rt.settings.lease_seconds / 3, 5.0)
+        while not self.stopping.is_set():
+            try:
+                await self.maintain_once()
+            except Exception:
+                log.warning("queue maintenance failed", exc_info=True)
+            await wait_any(interval, self.stopping)
+
+    async def _delivery_loop(self, dispatcher: WebhookDispatcher) -> None:
+        poll_s = self._rt.settings.poll_interval_s
+        while not self.stopping.is_set():
+            try:
+                sent = await dispatcher.deliver_due()
+            except Exception:
+                log.warning("webhook delivery failed", exc_info=True)
+                sent = 0
+            if not sent:
+                await wait_any(poll_s, self.stopping)

@@ -1,0 +1,180 @@
+"""The runs table as a queue: claim under a lease, renew it, reap runs whose worker died.
+
+Writers that do not hold a run (cancel, approval decisions, the reaper) append events
+through `append_events`, which takes sequence numbers from `runs.event_seq` under the
+row's lock; the holder of a run writes `event_seq` with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.runner.events import EventType, RunEvent
+from app.store import webhooks
+from app.store.runs import RunRecord, event_rows, events_t, record_from_row, runs
+
+READY_CHANNEL = "agentsvc_ready"
+CANCEL_CHANNEL = "agentsvc_cancel"
+
+
+async def notify(conn: AsyncConnection, channel: str, payload: str = "") -> None:
+    """A wake-up delivered at commit (PostgreSQL); other databases rely on in-process
+    wake-ups and polling. At most one per transaction: NOTIFY serializes commits."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+
+
+async def claim_runs(
+    conn: AsyncConnection, *, owner: str, lease_s: float, limit: int, now: datetime
+) -> list[RunRecord]:
+    """Take up to `limit` pending runs, most urgent and oldest first, under a fresh lease."""
+    picked = (
+        select(runs.c.id)
+        .where(runs.c.status == "pending")
+        .order_by(runs.c.priority.desc(), runs.c.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    rows = await conn.execute(
+        update(runs)
+        .where(runs.c.id == picked.c.id)
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            attempt=runs.c.attempt + 1,
+            started_at=func.coalesce(runs.c.started_at, now),
+        )
+        .returning(*runs.c)
+    )
+    return [record_from_row(r) for r in rows.mappings()]
+
+
+async def renew_leases(
+    conn: AsyncConnection, *, owner: str, lease_s: float, now: datetime
+) -> dict[uuid.UUID, tuple[int, bool]]:
+    """Extend every lease `owner` holds; {run id: (attempt, cancel requested)}."""
+    rows = await conn.execute(
+        update(runs)
+        .where(runs.c.lease_owner == owner, runs.c.status == "running")
+        .values(lease_expires_at=now + timedelta(seconds=lease_s))
+        .returning(runs.c.id, runs.c.attempt, runs.c.cancel_requested)
+    )
+    return {r.id: (r.attempt, r.cancel_requested) for r in rows}
+
+
+async def append_events(
+    conn: AsyncConnection, run_id: uuid.UUID, items: Sequence[tuple[EventType, dict[str, object]]]
+) -> list[RunEvent]:
+    """Append events to a run nobody holds, numbering them after the last one."""
+    end = (
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(event_seq=runs.c.event_seq + len(items))
+            .returning(runs.c.event_seq)
+        )
+    ).scalar_one()
+    start = end - len(items)
+    events = [
+        RunEvent(str(run_id), start + i, type_, data) for i, (type_, data) in enumerate(items)
+    ]
+    await conn.execute(insert(events_t), event_rows(events))
+    return events
+
+
+def usage_of(run: RunRecord) -> dict[str, object]:
+    return {
+        "input_tokens": run.input_tokens,
+        "output_tokens": run.output_tokens,
+        "cached_tokens": run.cached_tokens,
+        "cost_usd": run.cost_usd,
+        "llm_calls": run.llm_calls,
+        "tool_calls": run.tool_calls,
+    }
+
+
+async def finish_unowned(
+    conn: AsyncConnection,
+    run: RunRecord,
+    *,
+    status: str,
+    now: datetime,
+    error: dict[str, object] | None = None,
+) -> list[RunEvent]:
+    """End a run no worker holds (cancel, too many crashes): state, event, webhook."""
+    await conn.execute(
+        update(runs)
+        .where(runs.c.id == run.id)
+        .values(
+            status=status,
+            error=error,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    data: dict[str, object] = {"usage": usage_of(run)}
+    if error is not None:
+        data["error"] = error
+    type_ = EventType.RUN_CANCELLED if status == "cancelled" else EventType.RUN_FAILED
+    events = await append_events(conn, run.id, [(type_, data)])
+    await webhooks.enqueue(conn, run_id=run.id, url=run.webhook_url, status=status, now=now)
+    return events
+
+
+async def reap_expired(
+    conn: AsyncConnection, *, now: datetime, max_attempts: int, limit: int = 100
+) -> list[uuid.UUID]:
+    """Hand runs whose worker stopped renewing its lease back to the queue; a run that has
+    lost `max_attempts` workers ends `failed`/`interrupted`. Returns the re-queued ids."""
+    picked = (
+        select(runs.c.id)
+        .where(runs.c.status == "running", runs.c.lease_expires_at < now)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("expired")
+    )
+    rows = await conn.execute(
+        update(runs)
+        .where(runs.c.id == picked.c.id)
+        .values(
+            status="pending",
+            lease_owner=None,
+            lease_expires_at=None,
+            crashes=runs.c.crashes + 1,
+        )
+        .returning(*runs.c)
+    )
+    requeued = []
+    for run in [record_from_row(r) for r in rows.mappings()]:
+        if run.crashes >= max_attempts:
+            error: dict[str, object] = {
+                "type": "interrupted",
+                "message": f"the run lost its worker {run.crashes} times and was given up",
+            }
+            await finish_unowned(conn, run, status="failed", now=now, error=error)
+        else:
+            requeued.append(run.id)
+    return requeued
+
+
+async def lock_run(conn: AsyncConnection, run_id: uuid.UUID) -> RunRecord | None:
+    """The run, locked for this transaction (PostgreSQL; SQLite locks the whole file)."""
+    row = (
+        (await conn.execute(select(runs).where(runs.c.id == run_id).with_for_update()))
+        .mappings()
+        .first()
+    )
+    return None if row is None else record_from_row(row)
+
+
+async def request_cancel(conn: AsyncConnection, run_id: uuid.UUID) -> None:
+    """Flag a running run; its holder stops at the next step boundary."""
+    await conn.execute(update(runs).where(runs.c.id == run_id).values(cancel_requested=True))
