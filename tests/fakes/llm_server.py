@@ -19,19 +19,19 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from app.llm.types import JsonObject
+from tests.fakes.loopback import serve_app
 
 Flavour = Literal["openai", "anthropic"]
 
@@ -149,41 +149,14 @@ async def serve_fake_anthropic() -> AsyncIterator[FakeLLMServer]:
         yield fake
 
 
-class _Server(uvicorn.Server):
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # Tests own the process: Ctrl-C must stop pytest, not just this server.
-        yield
-
-
 @asynccontextmanager
 async def _serve(fake: FakeLLMServer) -> AsyncIterator[FakeLLMServer]:
-    config = uvicorn.Config(
-        fake.app,
-        host="127.0.0.1",
-        port=0,
-        http="h11",
-        ws="none",
-        lifespan="off",
-        log_config=None,  # leave the test process's logging configuration alone
-        log_level="warning",
-        access_log=False,
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                raise RuntimeError(f"fake {fake.flavour} server did not start")
-            await asyncio.sleep(0.005)
-        host, port = server.servers[0].sockets[0].getsockname()[:2]
-        root = f"http://{host}:{port}"
+    async with serve_app(fake.app) as root:
         fake.base_url = f"{root}/v1" if fake.flavour == "openai" else root
-        yield fake
-    finally:
-        fake._closing.set()  # release hanging requests so shutdown does not wait on them
-        server.should_exit = True
-        await task
+        try:
+            yield fake
+        finally:
+            fake._closing.set()  # release hanging requests so shutdown does not wait on them
 
 
 async def _send(frames: list[str]) -> AsyncIterator[str]:

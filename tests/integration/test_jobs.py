@@ -274,3 +274,58 @@ async def test_cancel_while_awaiting_approval(sandbox_settings: SettingsFactory)
         )
         assert late.status_code == 409
         assert (settings.sandbox_dir / "notes.txt").exists()
+
+
+async def test_run_of_a_dead_worker_resumes_from_its_checkpoint(
+    make_settings: SettingsFactory,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from app.store.db import Database, create_engine
+    from app.store.runs import runs
+
+    async with running_app(make_settings(embedded_workers=0)) as client:
+        job = await submit(client, "What is 5*5?")
+    db = Database(create_engine(make_settings().database_url, pool_size=1))
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(
+                update(runs).values(
+                    status="running",
+                    lease_owner="a-worker-that-died",
+                    attempt=1,
+                    lease_expires_at=datetime.now(UTC) - timedelta(seconds=1),
+                )
+            )
+    finally:
+        await db.dispose()
+    async with running_app(make_settings(lease_seconds=0.6, **FAST)) as client:
+        body = await wait_status(client, job, "completed")
+        assert body["result"] == {"output": "The result is 25."}
+
+
+async def test_two_claims_race_for_one_run_and_one_wins(make_settings: SettingsFactory) -> None:
+    from datetime import UTC, datetime
+
+    from app.store import queue
+    from app.store.db import Database, create_engine
+
+    async with running_app(make_settings(embedded_workers=0)) as client:
+        job = await submit(client, "What is 1+1?")
+    db = Database(create_engine(make_settings().database_url, pool_size=4))
+
+    async def claim(owner: str) -> list[str]:
+        async with db.transaction() as conn:
+            claimed = await queue.claim_runs(
+                conn, owner=owner, lease_s=30, limit=1, now=datetime.now(UTC)
+            )
+            await asyncio.sleep(0.05)  # hold the row while the other claim runs
+        return [str(r.id) for r in claimed]
+
+    try:
+        first, second = await asyncio.gather(claim("w1"), claim("w2"))
+    finally:
+        await db.dispose()
+    assert sorted([first, second]) == [[], [job]]

@@ -1,107 +1,28 @@
-"""`send_webhook` through `GuardedTransport` against a real receiver on loopback.
-
-The receiver is a small Starlette app under uvicorn on 127.0.0.1 (random port)
-in the test's event loop; it records every request and answers from a script.
-"""
+"""`send_webhook` through `GuardedTransport` against a real receiver on loopback
+(`tests.fakes.webhook_receiver`: records every request, answers from a script)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 from standardwebhooks.webhooks import Webhook
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from app.jobs.ssrf import GuardedTransport
 from app.jobs.webhook_delivery import AttemptResult, send_webhook
+from tests.fakes.webhook_receiver import Answer, Receiver, serve_receiver
 
 SECRET = "whsec_" + base64.b64encode(b"integration-test-secret-32-bytes").decode()
 BODY = b'{"type":"run.completed","timestamp":"2025-01-02T03:04:05Z","data":{"job_id":"r1"}}'
 
 
-@dataclass(frozen=True, kw_only=True)
-class Answer:
-    """One scripted answer; `delay_s` holds the response back (released at shutdown)."""
-
-    status: int = 200
-    headers: Mapping[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Received:
-    headers: dict[str, str]
-    body: bytes
-
-
-class Receiver:
-    """Records requests; answers each with the next scripted `Answer` (200 when none)."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self.port = 0
-        self.received: list[Received] = []
-        self.answers: deque[Answer] = deque()
-        self.closing = asyncio.Event()
-        self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
-
-    async def _handle(self, request: Request) -> Response:
-        self.received.append(Received(dict(request.headers), await request.body()))
-        answer = self.answers.popleft() if self.answers else Answer()
-        if answer.delay_s:
-            try:
-                await asyncio.wait_for(self.closing.wait(), answer.delay_s)
-            except TimeoutError:
-                pass
-        return Response(b"receiver says no", answer.status, headers=dict(answer.headers))
-
-
-class _Server(uvicorn.Server):
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # Tests own the process: Ctrl-C must stop pytest, not just this server.
-        yield
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
-    config = uvicorn.Config(
-        receiver.app,
-        host="127.0.0.1",
-        port=0,
-        http="h11",
-        ws="none",
-        lifespan="off",
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                raise RuntimeError("webhook receiver did not start")
-            await asyncio.sleep(0.005)
-        receiver.port = server.servers[0].sockets[0].getsockname()[1]
-        receiver.url = f"http://127.0.0.1:{receiver.port}/hooks"
+    async with serve_receiver() as receiver:
         yield receiver
-    finally:
-        receiver.closing.set()  # release held responses so shutdown does not wait on them
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture
@@ -159,7 +80,7 @@ async def test_redirect_is_not_followed(receiver: Receiver, client: httpx.AsyncC
     assert not result.ok
     assert result.status_code == 302
     assert result.error == f"HTTP 302: redirects are not followed (location: {elsewhere})"
-    assert len(receiver.received) == 1
+    assert [r.path for r in receiver.received] == ["/hooks"]
 
 
 async def test_410_means_gone(receiver: Receiver, client: httpx.AsyncClient) -> None:
