@@ -22,7 +22,6 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./agentsvc.db"
     db_pool_size: int = Field(default=10, ge=1, le=200)
-    redis_url: str | None = None
     api_keys: Annotated[tuple[tuple[str, str, Role], ...], NoDecode] = ()
     """`user:key[:role],…` parsed into (user, key, role)."""
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET)
