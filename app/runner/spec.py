@@ -1,0 +1,39 @@
+"""What a run is to the runner: its spec, its first checkpoint, how it may be stopped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from app.guards.limits import RunLimits
+from app.llm.types import Message
+from app.runner.events import EventType, RunEvent
+from app.runner.state import Checkpoint
+
+StopReason = Literal["cancel", "suspend"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """What to run: the resolved agent version and the run's own limits."""
+
+    run_id: str
+    provider: str
+    model: str
+    tools: frozenset[str]
+    limits: RunLimits
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    stream: bool = False
+    """Ask the provider to stream and emit `llm.delta` events."""
+
+
+def start_run(
+    *, run_id: str, instructions: str, user_input: str, data: dict[str, object]
+) -> tuple[Checkpoint, RunEvent]:
+    """The first checkpoint of a fresh run and its `run.started` event."""
+    messages = [Message(role="user", content=user_input)]
+    if instructions:
+        messages.insert(0, Message(role="system", content=instructions))
+    event = RunEvent(run_id, 0, EventType.RUN_STARTED, data)
+    return Checkpoint(messages=messages, next_seq=1), event
