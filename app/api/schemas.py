@@ -11,7 +11,7 @@ from app.store.approvals import ApprovalRecord
 from app.store.webhooks import Delivery
 
 if TYPE_CHECKING:
-    from app.services.runs import RunView
+    from app.store.views import RunView
 
 RunStatus = Literal["pending", "running", "awaiting_approval", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})

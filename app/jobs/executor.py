@@ -14,6 +14,7 @@ from app.agents.registry import AgentRegistry, UnknownAgent
 from app.bus.wakeups import Wakeups
 from app.guards.limits import RunLimits
 from app.jobs.waiting import wait_any
+from app.jobs.webhooks import render_webhook
 from app.llm.providers import Providers
 from app.runner.errors import LeaseLost
 from app.runner.events import EventType, RunEvent
@@ -111,6 +112,7 @@ class RunExecutor:
             attempt=attempt,
             webhook_url=webhook_url,
             approval_ttl_s=self.rt.settings.approval_ttl_s,
+            render_webhook=render_webhook,
         )
         runner = GuardedRunner(
             spec,
@@ -164,6 +166,7 @@ class RunExecutor:
             owner=self.owner,
             attempt=run.attempt,
             webhook_url=run.webhook_url,
+            render_webhook=render_webhook,
         )
         error = {"type": "validation_error", "message": message}
         event = RunEvent(str(run.id), cp.next_seq, EventType.RUN_FAILED, {"error": error})

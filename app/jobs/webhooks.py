@@ -11,15 +11,18 @@ import httpx
 
 from app.api.schemas import RunRead
 from app.jobs.webhook_delivery import RetrySchedule, render_body, send_webhook
-from app.services.runs import load_view
 from app.store import webhooks
 from app.store.db import Database
-from app.store.runs import Owner, get_run
+from app.store.views import RunView
 from app.store.webhooks import Delivery
 
 log = logging.getLogger(__name__)
 
-_ADMIN = Owner(user_id="", is_admin=True)
+
+def render_webhook(event_type: str, view: RunView) -> str:
+    """The Standard Webhooks body `{type, timestamp, data: Run}` for the run as it is now."""
+    data = RunRead.from_view(view).model_dump(mode="json")
+    return render_body(event_type, datetime.now(UTC), data).decode()
 
 
 class WebhookDispatcher:
@@ -55,7 +58,7 @@ class WebhookDispatcher:
         return len(due)
 
     async def _attempt(self, delivery: Delivery) -> None:
-        body = delivery.body or await self._render(delivery)
+        body = delivery.body
         result = await send_webhook(
             self._client,
             url=delivery.url,
@@ -89,14 +92,3 @@ class WebhookDispatcher:
                 next_attempt_at=next_at,
                 now=now,
             )
-
-    async def _render(self, delivery: Delivery) -> str:
-        """The body, rendered once and kept so that every retry sends the same bytes."""
-        async with self._db.transaction() as conn:
-            run = await get_run(conn, delivery.run_id, _ADMIN)
-            assert run is not None
-            view = await load_view(conn, run)
-            data = RunRead.from_view(view).model_dump(mode="json")
-            body = render_body(delivery.event_type, delivery.created_at, data).decode()
-            await webhooks.save_body(conn, delivery.id, body)
-        return body

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from app.jobs.executor import RunExecutor
 from app.jobs.waiting import wait_any
-from app.jobs.webhooks import WebhookDispatcher
+from app.jobs.webhooks import WebhookDispatcher, render_webhook
 from app.services import approvals as approval_service
 from app.store import queue
 
@@ -80,7 +80,10 @@ class Worker:
         settings = self._rt.settings
         async with self._rt.db.transaction() as conn:
             requeued = await queue.reap_expired(
-                conn, now=datetime.now(UTC), max_attempts=settings.max_attempts
+                conn,
+                now=datetime.now(UTC),
+                max_attempts=settings.max_attempts,
+                render_webhook=render_webhook,
             )
             if requeued:
                 await queue.notify(conn, queue.READY_CHANNEL)

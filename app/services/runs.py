@@ -14,13 +14,13 @@ from app.api.schemas import RunCreate
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.jobs.executor import RunExecutor, build_spec
 from app.jobs.ssrf import UnsafeURL, check_callback_url
+from app.jobs.webhooks import render_webhook
 from app.runner.loop import start_run
 from app.services.auth import Principal
 from app.store import approvals, queue, webhooks
 from app.store import runs as run_store
-from app.store.approvals import ApprovalRecord
 from app.store.runs import NewRun, RunRecord, Trace
-from app.store.webhooks import Delivery
+from app.store.views import RunView
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +28,6 @@ class StartedRun:
     run_id: uuid.UUID
     task: asyncio.Task[None] | None
     """Set when this process drives the run (sync); None when it waits in the queue."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunView:
-    """A run with what its answer shows besides the row."""
-
-    run: RunRecord
-    approvals: list[ApprovalRecord]
-    webhook: Delivery | None
 
 
 def parse_run_id(job_id: str) -> uuid.UUID:
@@ -165,7 +156,9 @@ async def cancel_run(executor: RunExecutor, principal: Principal, run_id: uuid.U
         assert run is not None
         if run.status in ("pending", "awaiting_approval"):
             await approvals.cancel_pending(conn, run_id, now=now)
-            await queue.finish_unowned(conn, run, status="cancelled", now=now)
+            await queue.finish_unowned(
+                conn, run, status="cancelled", now=now, render_webhook=render_webhook
+            )
         elif run.status == "running" and not run.cancel_requested:
             await queue.request_cancel(conn, run_id)
             await queue.notify(conn, queue.CANCEL_CHANNEL, str(run_id))

@@ -42,9 +42,10 @@ async def insert_approval(
     user_id: str,
     now: datetime,
     expires_at: datetime,
-) -> None:
-    await conn.execute(
-        insert(approvals).values(
+) -> ApprovalRecord:
+    row = await conn.execute(
+        insert(approvals)
+        .values(
             id=uuid.UUID(request.id),
             run_id=run_id,
             user_id=user_id,
@@ -56,7 +57,9 @@ async def insert_approval(
             requested_at=now,
             expires_at=expires_at,
         )
+        .returning(*approvals.c)
     )
+    return ApprovalRecord(**dict(row.mappings().one()))
 
 
 async def get_approval(conn: AsyncConnection, approval_id: uuid.UUID) -> ApprovalRecord | None:

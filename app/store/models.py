@@ -242,8 +242,8 @@ class WebhookDelivery(Base):
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     event_type: Mapped[str] = mapped_column(String(32))
     url: Mapped[str] = mapped_column(Text)
-    body: Mapped[str | None] = mapped_column(Text)
-    """Rendered at the first attempt and kept, so every retry sends the same bytes."""
+    body: Mapped[str] = mapped_column(Text)
+    """Rendered with the state change it announces; every retry sends the same bytes."""
     status: Mapped[str] = mapped_column(String(16))
     """pending, delivered, failed."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.runner.events import EventType, RunEvent
 from app.store import webhooks
 from app.store.runs import RunRecord, event_rows, events_t, record_from_row, runs
+from app.store.views import RunView, WebhookRenderer
 
 READY_CHANNEL = "agentsvc_ready"
 CANCEL_CHANNEL = "agentsvc_cancel"
@@ -106,10 +107,11 @@ async def finish_unowned(
     *,
     status: str,
     now: datetime,
+    render_webhook: WebhookRenderer,
     error: dict[str, object] | None = None,
 ) -> list[RunEvent]:
     """End a run no worker holds (cancel, too many crashes): state, event, webhook."""
-    await conn.execute(
+    row = await conn.execute(
         update(runs)
         .where(runs.c.id == run.id)
         .values(
@@ -119,18 +121,33 @@ async def finish_unowned(
             lease_owner=None,
             lease_expires_at=None,
         )
+        .returning(*runs.c)
     )
+    ended = record_from_row(row.mappings().one())
     data: dict[str, object] = {"usage": usage_of(run)}
     if error is not None:
         data["error"] = error
     type_ = EventType.RUN_CANCELLED if status == "cancelled" else EventType.RUN_FAILED
     events = await append_events(conn, run.id, [(type_, data)])
-    await webhooks.enqueue(conn, run_id=run.id, url=run.webhook_url, status=status, now=now)
+    view = RunView(ended, [], None)
+    await webhooks.enqueue(
+        conn,
+        run_id=run.id,
+        url=run.webhook_url,
+        status=status,
+        now=now,
+        render=lambda event_type: render_webhook(event_type, view),
+    )
     return events
 
 
 async def reap_expired(
-    conn: AsyncConnection, *, now: datetime, max_attempts: int, limit: int = 100
+    conn: AsyncConnection,
+    *,
+    now: datetime,
+    max_attempts: int,
+    render_webhook: WebhookRenderer,
+    limit: int = 100,
 ) -> list[uuid.UUID]:
     """Hand runs whose worker stopped renewing its lease back to the queue; a run that has
     lost `max_attempts` workers ends `failed`/`interrupted`. Returns the re-queued ids."""
@@ -159,7 +176,9 @@ async def reap_expired(
                 "type": "interrupted",
                 "message": f"the run lost its worker {run.crashes} times and was given up",
             }
-            await finish_unowned(conn, run, status="failed", now=now, error=error)
+            await finish_unowned(
+                conn, run, status="failed", now=now, error=error, render_webhook=render_webhook
+            )
         else:
             requeued.append(run.id)
     return requeued

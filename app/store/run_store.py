@@ -26,7 +26,16 @@ from app.runner.protocols import (
 from app.runner.state import Checkpoint
 from app.store import approvals, webhooks
 from app.store.db import Database
-from app.store.runs import event_rows, events_t, llm_calls_t, runs, tool_calls_t
+from app.store.runs import (
+    RunRecord,
+    event_rows,
+    events_t,
+    llm_calls_t,
+    record_from_row,
+    runs,
+    tool_calls_t,
+)
+from app.store.views import RunView, WebhookRenderer
 
 
 class SqlRunStore:
@@ -40,6 +49,7 @@ class SqlRunStore:
         user_id: str,
         owner: str,
         attempt: int,
+        render_webhook: WebhookRenderer,
         webhook_url: str | None = None,
         approval_ttl_s: float = 3600.0,
     ) -> None:
@@ -49,21 +59,23 @@ class SqlRunStore:
         self._owner = owner
         self._attempt = attempt
         self._webhook_url = webhook_url
+        self._render = render_webhook
         self._approval_ttl = timedelta(seconds=approval_ttl_s)
         self._dialect = db.engine.dialect.name
 
     async def commit(self, step: Step) -> bool:
         now = datetime.now(UTC)
         async with self._db.transaction() as conn:
-            cancel = await self._update_run(conn, step.checkpoint, step.outcome, now)
+            cancel, run = await self._update_run(conn, step.checkpoint, step.outcome, now)
             if step.llm_call is not None:
                 await conn.execute(insert(llm_calls_t).values(self._llm_values(step.llm_call)))
             if step.tool_call is not None:
                 await self._upsert_tool_call(conn, step.tool_call)
             if step.events:
                 await conn.execute(insert(events_t), event_rows(step.events))
+            pending = []
             if isinstance(step.outcome, Paused):
-                await approvals.insert_approval(
+                approval = await approvals.insert_approval(
                     conn,
                     step.outcome.approval,
                     run_id=self._run_id,
@@ -71,10 +83,17 @@ class SqlRunStore:
                     now=now,
                     expires_at=now + self._approval_ttl,
                 )
+                pending.append(approval)
             status = _status(step.outcome)
-            if status is not None:
+            if status is not None and run is not None:
+                view = RunView(run, pending, None)
                 await webhooks.enqueue(
-                    conn, run_id=self._run_id, url=self._webhook_url, status=status, now=now
+                    conn,
+                    run_id=self._run_id,
+                    url=self._webhook_url,
+                    status=status,
+                    now=now,
+                    render=lambda event_type: self._render(event_type, view),
                 )
         return cancel
 
@@ -108,7 +127,9 @@ class SqlRunStore:
 
     async def _update_run(
         self, conn: AsyncConnection, cp: Checkpoint, outcome: Outcome | None, now: datetime
-    ) -> bool:
+    ) -> tuple[bool, RunRecord | None]:
+        """Write the checkpoint (and the outcome) if the run is still ours. Returns whether a
+        cancel was requested, and the whole updated row when the run changed state."""
         usage = cp.usage
         values: dict[str, object] = {
             "checkpoint": cp.model_dump(mode="json"),
@@ -134,20 +155,18 @@ class SqlRunStore:
                 values.update(finished_at=now)
             case Paused() | Suspended() | None:
                 pass
-        result = await conn.execute(
-            update(runs)
-            .where(
-                runs.c.id == self._run_id,
-                runs.c.lease_owner == self._owner,
-                runs.c.attempt == self._attempt,
-            )
-            .values(values)
-            .returning(runs.c.cancel_requested)
+        fenced = update(runs).where(
+            runs.c.id == self._run_id,
+            runs.c.lease_owner == self._owner,
+            runs.c.attempt == self._attempt,
         )
-        cancel = result.scalar_one_or_none()
-        if cancel is None:
+        # The whole row only when the state changed (a webhook may need it): less to read.
+        columns = runs.c if outcome is not None else [runs.c.cancel_requested]
+        row = (await conn.execute(fenced.values(values).returning(*columns))).mappings().first()
+        if row is None:
             raise LeaseLost(f"run {self._run_id} is no longer held by {self._owner}")
-        return bool(cancel)
+        run = record_from_row(row) if outcome is not None else None
+        return bool(row["cancel_requested"]), run
 
     def _llm_values(self, c: LLMCallRecord) -> dict[str, object]:
         return {

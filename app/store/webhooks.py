@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -28,7 +29,7 @@ class Delivery:
     run_id: uuid.UUID
     event_type: str
     url: str
-    body: str | None
+    body: str
     status: str
     attempts: int
     last_status_code: int | None
@@ -39,9 +40,19 @@ class Delivery:
 
 
 async def enqueue(
-    conn: AsyncConnection, *, run_id: uuid.UUID, url: str | None, status: str, now: datetime
+    conn: AsyncConnection,
+    *,
+    run_id: uuid.UUID,
+    url: str | None,
+    status: str,
+    now: datetime,
+    render: Callable[[str], str],
 ) -> None:
-    """Write the delivery announcing `status`, if the run has a webhook and it is announced."""
+    """Write the delivery announcing `status`, if the run has a webhook and it is announced.
+
+    `render(event_type)` gives the body from the run as it is in this transaction, so a
+    late delivery still tells what happened then, and every retry sends the same bytes.
+    """
     event_type = WEBHOOK_EVENTS.get(status)
     if url is None or event_type is None:
         return
@@ -51,6 +62,7 @@ async def enqueue(
             run_id=run_id,
             event_type=event_type,
             url=url,
+            body=render(event_type),
             status="pending",
             attempts=0,
             next_attempt_at=now,
@@ -77,14 +89,6 @@ async def claim_due(
         .returning(*deliveries.c)
     )
     return [Delivery(**dict(r)) for r in rows.mappings()]
-
-
-async def save_body(conn: AsyncConnection, delivery_id: uuid.UUID, body: str) -> None:
-    await conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id == delivery_id, deliveries.c.body.is_(None))
-        .values(body=body)
-    )
 
 
 async def record_attempt(

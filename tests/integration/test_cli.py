@@ -25,11 +25,15 @@ def free_port() -> int:
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSVC_")}
-    return env | {
-        "AGENTSVC_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
-        "AGENTSVC_SANDBOX_DIR": str(tmp_path / "sandbox"),
-        "AGENTSVC_LOG_LEVEL": "warning",
-    } | extra
+    return (
+        env
+        | {
+            "AGENTSVC_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
+            "AGENTSVC_SANDBOX_DIR": str(tmp_path / "sandbox"),
+            "AGENTSVC_LOG_LEVEL": "warning",
+        }
+        | extra
+    )
 
 
 def agentsvc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

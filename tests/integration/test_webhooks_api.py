@@ -32,6 +32,8 @@ POLL_S = 0.1
 DEADLINE_S = 10.0
 PAST_SCHEDULE_S = sum(SCHEDULE_S) * (1 + JITTER) + 2 * POLL_S
 """Long enough for every scheduled retry to have been made, had one been due."""
+SETTLE_S = 3 * POLL_S
+"""Long enough for a duplicate delivery (a second claim of a due row) to show up."""
 
 
 def webhook_settings(make_settings: SettingsFactory, **overrides: object) -> Settings:
@@ -140,7 +142,7 @@ async def test_completed_run_is_delivered_once_and_verifies(
     assert run.webhook == state(receiver.url, "delivered", 1, code=200)
     assert run.finished_at is not None
     assert event.timestamp >= run.finished_at.replace(microsecond=0)
-    await asyncio.sleep(PAST_SCHEDULE_S)
+    await asyncio.sleep(SETTLE_S)
     assert len(receiver.received) == 1
 
 
@@ -158,7 +160,7 @@ async def test_500_is_retried_with_the_same_id_and_body(
 
     run = await run_when(api, job_id, webhook_is("delivered"))
     assert run.webhook == state(receiver.url, "delivered", 2, code=200)
-    await asyncio.sleep(PAST_SCHEDULE_S)
+    await asyncio.sleep(SETTLE_S)
     assert len(receiver.received) == 2
 
 
@@ -212,6 +214,33 @@ async def test_redirect_is_a_failure_and_is_not_followed(
     assert [r.path for r in receiver.received] == ["/hooks"] * 3
 
 
+async def test_slow_receiver_times_out_and_is_retried(
+    make_settings: SettingsFactory, receiver: Receiver
+) -> None:
+    receiver.answers.append(Answer(delay_s=30))
+    async with running_app(webhook_settings(make_settings, webhook_timeout_s=0.3)) as api:
+        job_id = await submit(api, receiver.url)
+
+        first, second = await receiver.wait_for(2)
+        assert second.headers["webhook-id"] == first.headers["webhook-id"]
+        run = await run_when(api, job_id, webhook_is("delivered"))
+        assert run.webhook == state(receiver.url, "delivered", 2, code=200)
+
+
+async def test_sync_run_with_a_webhook_is_delivered_too(
+    api: AsyncClient, receiver: Receiver
+) -> None:
+    body = {"agent": "assistant", "input": "What is 17*23?", "webhook_url": receiver.url}
+    response = await api.post("/agent", json=body, headers=ALICE)
+    assert response.status_code == 200, response.text
+    job_id = response.json()["job_id"]
+
+    [request] = await receiver.wait_for(1)
+    event = verified(request)
+    assert (event.type, event.run.job_id) == ("run.completed", job_id)
+    assert event.run.result == RunResult(output="The result is 391.")
+
+
 async def test_failed_run_sends_run_failed(api: AsyncClient, receiver: Receiver) -> None:
     job_id = await submit(api, receiver.url, "What is 2*3?", max_turns=1)
 
@@ -253,6 +282,34 @@ async def test_paused_run_announces_awaiting_approval_then_completed(
         run = await run_when(api, job_id, webhook_is("delivered"))
         assert run.status == "completed"
         assert not (settings.sandbox_dir / "notes.txt").exists()
+
+
+async def test_awaiting_approval_event_shows_the_run_as_it_was_then(
+    make_settings: SettingsFactory, receiver: Receiver
+) -> None:
+    # No dispatcher runs while the run pauses and is approved; one starts afterwards.
+    settings = webhook_settings(make_settings, embedded_workers=0)
+    settings.sandbox_dir.mkdir(parents=True)
+    (settings.sandbox_dir / "notes.txt").write_text("delete me")
+    async with running_app(settings) as api:
+        body = {"agent": "assistant", "input": "delete notes.txt", "webhook_url": receiver.url}
+        paused = await api.post("/agent", json=body, headers=ALICE)
+        assert paused.status_code == 202, paused.text
+        assert paused.json()["status"] == "awaiting_approval"
+        [approval] = paused.json()["pending_approvals"]
+        decided = await api.post(
+            f"/agent/approvals/{approval['id']}",
+            json={"decision": "approve"},
+            headers={"Authorization": "Bearer ann-key"},
+        )
+        assert decided.status_code == 200, decided.text
+
+    async with running_app(webhook_settings(make_settings)) as api:
+        [request, *_] = await receiver.wait_for(1)
+        event = verified(request)
+        assert event.type == "run.awaiting_approval"
+        assert event.run.status == "awaiting_approval"
+        assert [a.tool for a in event.run.pending_approvals] == ["delete_file"]
 
 
 async def test_delivery_written_without_a_worker_is_sent_when_one_starts(

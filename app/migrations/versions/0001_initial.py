@@ -244,7 +244,7 @@ def upgrade() -> None:
         sa.Column("run_id", sa.Uuid(), nullable=False),
         sa.Column("event_type", sa.String(length=32), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
-        sa.Column("body", sa.Text(), nullable=True),
+        sa.Column("body", sa.Text(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_status_code", sa.Integer(), nullable=True),
