@@ -6,6 +6,7 @@ Tools are plain async functions over a validated pydantic model. They receive a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -59,7 +60,13 @@ class Tool:
     max_result_chars: int = 16_000
 
     def json_schema(self) -> dict[str, object]:
-        return self.args_model.model_json_schema()
+        """The JSON schema of the arguments (built once per model: it is costly)."""
+        return _schema_of(self.args_model)
+
+
+@functools.cache
+def _schema_of(model: type[BaseModel]) -> dict[str, object]:
+    return model.model_json_schema()
 
 
 @dataclass
