@@ -14,7 +14,8 @@ from app.services.auth import Principal
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a plain def would send every request through the thread pool.
     services: Services = request.state.services
     return services
 

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from app.store.views import RunView
 
 RunStatus = Literal["pending", "running", "awaiting_approval", "completed", "failed", "cancelled"]
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 MetadataValue = str | int | float | bool | None
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Response, status
 
-from app.api.schemas import TERMINAL_STATUSES, RunCreate, RunRead
+from app.api.schemas import RunCreate, RunRead
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import InvalidRequest, PayloadTooLarge, Unauthorized, problem_responses
 from app.services import runs
+from app.store.runs import TERMINAL_STATUSES
 
 router = APIRouter(tags=["runs"])
 
@@ -28,9 +27,8 @@ async def run_agent(
     """Run an agent in this process and wait up to `AGENTSVC_SYNC_TIMEOUT_S` for its end.
     A run that is still going (or waits for an approval) answers 202; poll or stream it."""
     started = await runs.create_run(services.executor, principal, body, pattern="sync", inline=True)
-    assert started.task is not None
-    await asyncio.wait({started.task}, timeout=services.settings.sync_timeout_s)
-    view = await runs.get_run(services.executor, principal, started.run_id)
+    timeout_s = services.settings.sync_timeout_s
+    view = await runs.wait_for_run(services.executor, principal, started, timeout_s)
     if view.run.status not in TERMINAL_STATUSES:
         response.status_code = status.HTTP_202_ACCEPTED
     return RunRead.from_view(view)

@@ -74,7 +74,7 @@ def build_spec(
 @dataclass
 class _Held:
     runner: GuardedRunner
-    task: asyncio.Task[None]
+    task: asyncio.Task[RunRecord | None]
     attempt: int
 
 
@@ -101,8 +101,9 @@ class RunExecutor:
         user_id: str,
         webhook_url: str | None = None,
         decisions: dict[str, ApprovalDecision] | None = None,
-    ) -> asyncio.Task[None]:
-        """Drive the run from `checkpoint`; this process must hold its lease at `attempt`."""
+    ) -> asyncio.Task[RunRecord | None]:
+        """Drive the run from `checkpoint`; this process must hold its lease at `attempt`.
+        The task ends with the run as its last commit left it (None if it could not write)."""
         client, _ = self.rt.providers.resolve(f"{spec.provider}/{spec.model}")
         store = SqlRunStore(
             self.rt.db,
@@ -123,7 +124,7 @@ class RunExecutor:
             sink=self.rt.sink,
             decisions=decisions,
         )
-        task = asyncio.create_task(self._drive(runner, checkpoint, spec.run_id))
+        task = asyncio.create_task(self._drive(runner, store, checkpoint, spec.run_id))
         self._held[spec.run_id] = _Held(runner, task, attempt)
         task.add_done_callback(lambda _: self._release(spec.run_id))
         return task
@@ -180,14 +181,19 @@ class RunExecutor:
         self._held.pop(run_id, None)
         self.slot_freed.set()
 
-    async def _drive(self, runner: GuardedRunner, checkpoint: Checkpoint, run_id: str) -> None:
+    async def _drive(
+        self, runner: GuardedRunner, store: SqlRunStore, checkpoint: Checkpoint, run_id: str
+    ) -> RunRecord | None:
         try:
             await runner.run(checkpoint)
         except LeaseLost:
             log.warning("run %s: lease lost, stopped without writing", run_id)
+            return None
         except Exception:
             # The final write failed; the lease expires and another worker resumes the run.
             log.exception("run %s: could not record its end", run_id)
+            return None
+        return store.last_state
 
     def request_cancel(self, run_id: str) -> None:
         """Stop a held run at its next step boundary, aborting an in-flight LLM call."""

@@ -19,14 +19,14 @@ from app.runner.loop import start_run
 from app.services.auth import Principal
 from app.store import approvals, queue, webhooks
 from app.store import runs as run_store
-from app.store.runs import NewRun, RunRecord, Trace
+from app.store.runs import TERMINAL_STATUSES, NewRun, RunRecord, Trace
 from app.store.views import RunView
 
 
 @dataclass(frozen=True, slots=True)
 class StartedRun:
     run_id: uuid.UUID
-    task: asyncio.Task[None] | None
+    task: asyncio.Task[RunRecord | None] | None
     """Set when this process drives the run (sync); None when it waits in the queue."""
 
 
@@ -121,6 +121,24 @@ async def _check_webhook(executor: RunExecutor, url: str) -> None:
         raise InvalidRequest(f"webhook_url refused: {exc}") from None
     except TimeoutError:
         raise InvalidRequest("webhook_url refused: its host did not resolve in time") from None
+
+
+async def wait_for_run(
+    executor: RunExecutor, principal: Principal, started: StartedRun, timeout_s: float
+) -> RunView:
+    """The run after up to `timeout_s` of waiting for the task that drives it. A run that
+    ended here without a webhook is answered from its final commit, without a read."""
+    if started.task is not None:
+        await asyncio.wait({started.task}, timeout=timeout_s)
+        if started.task.done() and not started.task.cancelled():
+            final = started.task.result()
+            if (
+                final is not None
+                and final.status in TERMINAL_STATUSES
+                and final.webhook_url is None
+            ):
+                return RunView(final, [], None)
+    return await get_run(executor, principal, started.run_id)
 
 
 async def get_run(executor: RunExecutor, principal: Principal, run_id: uuid.UUID) -> RunView:

@@ -27,7 +27,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        # A few extra connections for bursts; more would churn connections under load.
+        max_overflow=max(2, pool_size // 4),
         pool_recycle=1800,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,14 +28,24 @@ from app.store import approvals, webhooks
 from app.store.db import Database
 from app.store.runs import (
     RunRecord,
-    event_rows,
-    events_t,
+    insert_events,
     llm_calls_t,
     record_from_row,
     runs,
     tool_calls_t,
 )
 from app.store.views import RunView, WebhookRenderer
+
+# Built once (see runs.INSERT_RUN). The SET clause comes from the parameters given.
+_INSERT_LLM_CALL = insert(llm_calls_t)
+_INSERT_TOOL_CALL = insert(tool_calls_t)
+_FENCED = update(runs).where(
+    runs.c.id == bindparam("_run"),
+    runs.c.lease_owner == bindparam("_owner"),
+    runs.c.attempt == bindparam("_attempt"),
+)
+_FENCED_ROW = _FENCED.returning(*runs.c)
+_FENCED = _FENCED.returning(runs.c.cancel_requested)
 
 
 class SqlRunStore:
@@ -60,6 +70,8 @@ class SqlRunStore:
         self._attempt = attempt
         self._webhook_url = webhook_url
         self._render = render_webhook
+        self.last_state: RunRecord | None = None
+        """The run as this store's last state change left it."""
         self._approval_ttl = timedelta(seconds=approval_ttl_s)
         self._dialect = db.engine.dialect.name
 
@@ -68,11 +80,10 @@ class SqlRunStore:
         async with self._db.transaction() as conn:
             cancel, run = await self._update_run(conn, step.checkpoint, step.outcome, now)
             if step.llm_call is not None:
-                await conn.execute(insert(llm_calls_t).values(self._llm_values(step.llm_call)))
+                await conn.execute(_INSERT_LLM_CALL, self._llm_values(step.llm_call))
             if step.tool_call is not None:
                 await self._upsert_tool_call(conn, step.tool_call)
-            if step.events:
-                await conn.execute(insert(events_t), event_rows(step.events))
+            await insert_events(conn, step.events)
             pending = []
             if isinstance(step.outcome, Paused):
                 approval = await approvals.insert_approval(
@@ -108,9 +119,8 @@ class SqlRunStore:
                 )
             ).first()
             if prior is None:
-                await conn.execute(insert(tool_calls_t).values(self._tool_values(intent)))
-            if events:
-                await conn.execute(insert(events_t), event_rows(events))
+                await conn.execute(_INSERT_TOOL_CALL, self._tool_values(intent))
+            await insert_events(conn, events)
         if prior is None:
             return None
         return ToolCallRecord(
@@ -155,17 +165,15 @@ class SqlRunStore:
                 values.update(finished_at=now)
             case Paused() | Suspended() | None:
                 pass
-        fenced = update(runs).where(
-            runs.c.id == self._run_id,
-            runs.c.lease_owner == self._owner,
-            runs.c.attempt == self._attempt,
-        )
-        # The whole row only when the state changed (a webhook may need it): less to read.
-        columns = runs.c if outcome is not None else [runs.c.cancel_requested]
-        row = (await conn.execute(fenced.values(values).returning(*columns))).mappings().first()
+        values.update(_run=self._run_id, _owner=self._owner, _attempt=self._attempt)
+        # The whole row only when the state changed (the answer and a webhook need it).
+        stmt = _FENCED_ROW if outcome is not None else _FENCED
+        row = (await conn.execute(stmt, values)).mappings().first()
         if row is None:
             raise LeaseLost(f"run {self._run_id} is no longer held by {self._owner}")
         run = record_from_row(row) if outcome is not None else None
+        if run is not None:
+            self.last_state = run
         return bool(row["cancel_requested"]), run
 
     def _llm_values(self, c: LLMCallRecord) -> dict[str, object]:

@@ -88,11 +88,26 @@ class RunRecord:
     finished_at: datetime | None
 
 
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+# Statements built once: building them per call costs more CPU than running them.
+INSERT_RUN = insert(runs)
+INSERT_EVENTS = insert(events_t)
+
+
 def event_rows(events: Sequence[RunEvent]) -> list[dict[str, object]]:
     return [
         {"run_id": uuid.UUID(e.run_id), "seq": e.seq, "type": e.type.value, "data": e.data}
         for e in events
     ]
+
+
+async def insert_events(conn: AsyncConnection, events: Sequence[RunEvent]) -> None:
+    rows = event_rows(events)
+    if len(rows) == 1:
+        await conn.execute(INSERT_EVENTS, rows[0])
+    elif rows:
+        await conn.execute(INSERT_EVENTS, rows)
 
 
 async def insert_run(
@@ -124,9 +139,8 @@ async def insert_run(
         "created_at": run.created_at,
         "started_at": run.started_at,
     }
-    await conn.execute(insert(runs).values(values))
-    if events:
-        await conn.execute(insert(events_t), event_rows(events))
+    await conn.execute(INSERT_RUN, values)
+    await insert_events(conn, events)
 
 
 async def get_run(conn: AsyncConnection, run_id: uuid.UUID, owner: Owner) -> RunRecord | None:
