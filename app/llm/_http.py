@@ -142,7 +142,11 @@ def _parse_event(data: str, provider: str) -> JsonObject:
 
 
 def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
-    if isinstance(exc, httpx.TimeoutException):
+    # The aiohttp transport reports a refused connection as ConnectTimeout; its cause,
+    # an OSError that is not a TimeoutError, tells the truth.
+    cause = exc.__cause__
+    refused = isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
+    if isinstance(exc, httpx.TimeoutException) and not refused:
         return ProviderTimeout(f"{provider} did not answer in time: {exc!r}", provider=provider)
     return ProviderUnavailable(f"{provider} unreachable: {exc!r}", provider=provider)
 

@@ -9,7 +9,7 @@ import pytest
 from httpx import AsyncClient
 
 from tests.conftest import ALICE, BOB, ROOT, SettingsFactory
-from tests.fakes.llm_server import TextReply, ToolCallReply, Usage, serve_fake_openai
+from tests.fakes.llm_server import ErrorReply, TextReply, ToolCallReply, Usage, serve_fake_openai
 from tests.support.app import running_app
 
 PROBLEM = "application/problem+json"
@@ -272,3 +272,34 @@ async def test_stored_api_keys_work_and_only_a_hash_is_kept(make_settings: Setti
         assert response.status_code == 200
         job = response.json()["job_id"]
         assert (await client.get(f"/agent/status/{job}", headers=ALICE)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (ErrorReply(500, "upstream broke"), "ProviderServerError"),
+        (ErrorReply(429, "slow down", headers={"Retry-After": "3"}), "ProviderRateLimited"),
+        (ErrorReply(401, "bad key"), "ProviderAuthError"),
+        (None, "ProviderUnavailable"),
+    ],
+)
+async def test_provider_failures_through_the_service(
+    make_settings: SettingsFactory, reply: ErrorReply | None, expected: str
+) -> None:
+    async with serve_fake_openai() as fake:
+        base_url = fake.base_url
+        if reply is not None:
+            fake.enqueue(reply)
+        settings = make_settings(default_model="openai/gpt-4o-mini", openai_base_url=base_url)
+        if reply is None:
+            # A port nobody listens on: the connection is refused.
+            settings = make_settings(
+                default_model="openai/gpt-4o-mini", openai_base_url="http://127.0.0.1:9/v1"
+            )
+        async with running_app(settings) as client:
+            body = await run(client, "hello")
+    assert body["status"] == "failed"
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert error["type"] == "llm_unavailable"
+    assert expected in error["message"]
