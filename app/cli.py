@@ -28,6 +28,7 @@ def _settings() -> Settings:
 def serve(
     host: Annotated[str | None, typer.Option(help="Overrides AGENTSVC_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="Overrides AGENTSVC_PORT")] = None,
+    processes: Annotated[int | None, typer.Option(help="Overrides AGENTSVC_WEB_PROCESSES")] = None,
 ) -> None:
     """Start the API (migrating a SQLite database first)."""
     import uvicorn
@@ -38,13 +39,18 @@ def serve(
     settings = _settings()
     if settings.is_sqlite:
         upgrade(settings.database_url)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level=settings.log_level,
-        proxy_headers=True,
-    )
+    count = processes or settings.web_processes
+    options: dict[str, object] = {
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "log_level": settings.log_level,
+        "proxy_headers": True,
+    }
+    if count > 1:
+        # Several processes import the app by name; each reads the same environment.
+        uvicorn.run("app.asgi:app_from_environment", factory=True, workers=count, **options)  # type: ignore[arg-type]
+    else:
+        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
 
 
 @cli.command()

@@ -13,8 +13,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from fastapi import FastAPI
+from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
 from app.agents.registry import AgentRegistry, build_registry

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     sync_timeout_s: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
+    web_processes: int = Field(default=1, ge=1, le=64)
+    """API processes `serve` starts (each with its own embedded workers)."""
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
