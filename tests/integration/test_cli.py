@@ -48,9 +48,15 @@ def agentsvc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-def test_serve_on_bare_sqlite_answers_the_readme_curl(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_serve_on_bare_sqlite_answers_the_readme_curl(tmp_path: Path, processes: str) -> None:
     port = free_port()
-    env = cli_env(tmp_path, AGENTSVC_API_KEYS="demo:demo-key", AGENTSVC_PORT=str(port))
+    env = cli_env(
+        tmp_path,
+        AGENTSVC_API_KEYS="demo:demo-key",
+        AGENTSVC_PORT=str(port),
+        AGENTSVC_WEB_PROCESSES=processes,
+    )
     with (tmp_path / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env, stdout=log, stderr=log
