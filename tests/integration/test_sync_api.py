@@ -10,6 +10,8 @@ from httpx import AsyncClient
 
 from tests.conftest import ALICE, BOB, ROOT, SettingsFactory
 from tests.fakes.llm_server import ErrorReply, TextReply, ToolCallReply, Usage, serve_fake_openai
+from tests.fakes.loopback import serve_app
+from tests.fakes.script_server import script_app
 from tests.support.app import running_app
 
 PROBLEM = "application/problem+json"
@@ -165,19 +167,28 @@ async def test_high_risk_tool_waits_for_approval_and_file_survives(
 
 
 async def test_slow_run_answers_202_then_completes(make_settings: SettingsFactory) -> None:
-    async with running_app(make_settings(sync_timeout_s=0)) as client:
-        response = await client.post(
-            "/agent", json={"agent": "assistant", "input": "What is 6*7?"}, headers=ALICE
+    async with serve_app(script_app()) as model:
+        settings = make_settings(
+            sync_timeout_s=0.2,
+            agents_module="tests.support.custom_agents",
+            openai_base_url=f"{model}/v1",
         )
-        assert response.status_code == 202
-        job = response.json()["job_id"]
-        assert response.json()["status"] == "running"
-        for _ in range(100):
-            status = (await client.get(f"/agent/status/{job}", headers=ALICE)).json()
-            if status["status"] == "completed":
-                break
-            await asyncio.sleep(0.05)
-        assert status["result"] == {"output": "The result is 42."}
+        async with running_app(settings) as client:
+            # The scripted model holds each answer back for a second.
+            response = await client.post(
+                "/agent",
+                json={"agent": "worker-agent", "input": "delay 1; calc 6*7"},
+                headers=ALICE,
+            )
+            assert response.status_code == 202
+            job = response.json()["job_id"]
+            assert response.json()["status"] == "running"
+            for _ in range(200):
+                status = (await client.get(f"/agent/status/{job}", headers=ALICE)).json()
+                if status["status"] == "completed":
+                    break
+                await asyncio.sleep(0.05)
+            assert status["result"] == {"output": "done: 1 steps"}
 
 
 async def test_catalogue_lists_agents_versions_and_tools(make_settings: SettingsFactory) -> None:
