@@ -17,9 +17,10 @@ from app.jobs.ssrf import UnsafeURL, check_callback_url
 from app.jobs.webhooks import render_webhook
 from app.runner.loop import start_run
 from app.services.auth import Principal
-from app.store import approvals, queue, webhooks
+from app.store import approvals, pg_fast, queue, webhooks
 from app.store import runs as run_store
-from app.store.runs import TERMINAL_STATUSES, NewRun, RunRecord, Trace
+from app.store.pg_fast import json_text
+from app.store.runs import TERMINAL_STATUSES, NewRun, RunRecord, Trace, run_values
 from app.store.views import RunView
 
 
@@ -82,10 +83,16 @@ async def create_run(
         attempt=1 if inline else 0,
         webhook_url=body.webhook_url,
     )
-    async with rt.db.transaction() as conn:
-        await run_store.insert_run(conn, run, checkpoint=checkpoint, events=[started])
-        if not inline:
-            await queue.notify(conn, queue.READY_CHANNEL)
+    if inline and rt.db.is_postgres:
+        values = run_values(run, checkpoint)
+        for name in ("metadata", "checkpoint"):
+            values[name] = json_text(values[name])
+        await pg_fast.start_run(rt.db.engine, values, [started], now)
+    else:
+        async with rt.db.transaction() as conn:
+            await run_store.insert_run(conn, run, checkpoint=checkpoint, events=[started])
+            if not inline:
+                await queue.notify(conn, queue.READY_CHANNEL)
     if not inline:
         rt.wakeups.ready()
         return StartedRun(run_id, None)

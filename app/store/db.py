@@ -27,8 +27,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
-        # A few extra connections for bursts; more would churn connections under load.
-        max_overflow=max(2, pool_size // 4),
+        # No overflow: under load, extra connections are opened and closed again and again
+        # (a backend fork each). Nothing holds a connection for long, so waiting is short.
+        max_overflow=0,
         pool_recycle=1800,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
@@ -58,6 +59,7 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:

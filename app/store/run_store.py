@@ -24,8 +24,9 @@ from app.runner.protocols import (
     ToolCallRecord,
 )
 from app.runner.state import Checkpoint
-from app.store import approvals, webhooks
+from app.store import approvals, pg_fast, webhooks
 from app.store.db import Database
+from app.store.pg_fast import json_text
 from app.store.runs import (
     RunRecord,
     insert_events,
@@ -77,6 +78,8 @@ class SqlRunStore:
 
     async def commit(self, step: Step) -> bool:
         now = datetime.now(UTC)
+        if self._fast_path(step):
+            return await self._commit_llm_step(step, now)
         async with self._db.transaction() as conn:
             cancel, run = await self._update_run(conn, step.checkpoint, step.outcome, now)
             if step.llm_call is not None:
@@ -107,6 +110,68 @@ class SqlRunStore:
                     render=lambda event_type: self._render(event_type, view),
                 )
         return cancel
+
+    def _fast_path(self, step: Step) -> bool:
+        """The step every run makes (an LLM call, perhaps its end, no webhook to write)
+        goes to PostgreSQL as one statement."""
+        return (
+            self._db.is_postgres
+            and step.llm_call is not None
+            and step.tool_call is None
+            and isinstance(step.outcome, Completed | Failed | None)
+            and (step.outcome is None or self._webhook_url is None)
+        )
+
+    async def _commit_llm_step(self, step: Step, now: datetime) -> bool:
+        cp, call = step.checkpoint, step.llm_call
+        assert call is not None
+        usage = cp.usage
+        status = result = error = None
+        finished = None
+        match step.outcome:
+            case Completed(output):
+                status, result, finished = "completed", json_text({"output": output}), now
+            case Failed(error_type, message):
+                status, finished = "failed", now
+                error = json_text({"type": error_type, "message": message})
+        row = await pg_fast.llm_step(
+            self._db.engine,
+            fence=(self._run_id, self._owner, self._attempt),
+            progress=(
+                json_text(cp.model_dump(mode="json")),
+                cp.next_seq,
+                cp.turn,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_tokens,
+                usage.cost_usd,
+                usage.llm_calls,
+                usage.tool_calls,
+            ),
+            ending=(status, result, error, finished),
+            llm_call=(
+                call.turn,
+                call.provider,
+                call.model,
+                json_text(call.request),
+                json_text(call.response),
+                call.usage.input_tokens,
+                call.usage.output_tokens,
+                call.usage.cached_tokens,
+                call.cost_usd,
+                call.priced,
+                call.latency_ms,
+                call.error,
+                call.cache_hit,
+            ),
+            at=now,
+            events=step.events,
+        )
+        if row is None:
+            raise LeaseLost(f"run {self._run_id} is no longer held by {self._owner}")
+        if status is not None:
+            self.last_state = record_from_row(row)
+        return bool(row["cancel_requested"])
 
     async def begin_tool_call(
         self, intent: ToolCallRecord, checkpoint: Checkpoint, events: Sequence[RunEvent]

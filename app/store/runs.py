@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, insert, select
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.runner.events import RunEvent
@@ -110,6 +109,44 @@ async def insert_events(conn: AsyncConnection, events: Sequence[RunEvent]) -> No
         await conn.execute(INSERT_EVENTS, rows)
 
 
+def run_values(run: NewRun, checkpoint: Checkpoint | None) -> dict[str, object]:
+    """Every column of a new run."""
+    return {
+        "id": run.id,
+        "user_id": run.user_id,
+        "agent": run.agent,
+        "agent_version": run.agent_version,
+        "model": run.model,
+        "pattern": run.pattern,
+        "status": run.status,
+        "priority": 0,
+        "input": run.input,
+        "metadata": run.metadata,
+        "max_turns": run.max_turns,
+        "timeout_s": run.timeout_s,
+        "result": None,
+        "error": None,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cached_tokens": 0,
+        "cost_usd": 0.0,
+        "llm_calls": 0,
+        "tool_calls": 0,
+        "turns": 0,
+        "checkpoint": checkpoint.model_dump(mode="json") if checkpoint else None,
+        "lease_owner": run.lease_owner,
+        "lease_expires_at": run.lease_expires_at,
+        "attempt": run.attempt,
+        "crashes": 0,
+        "event_seq": checkpoint.next_seq if checkpoint else 0,
+        "cancel_requested": False,
+        "webhook_url": run.webhook_url,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": None,
+    }
+
+
 async def insert_run(
     conn: AsyncConnection,
     run: NewRun,
@@ -118,28 +155,7 @@ async def insert_run(
     events: Sequence[RunEvent] = (),
 ) -> None:
     """Insert a run with its first checkpoint and events."""
-    values = {
-        "id": run.id,
-        "user_id": run.user_id,
-        "agent": run.agent,
-        "agent_version": run.agent_version,
-        "model": run.model,
-        "pattern": run.pattern,
-        "status": run.status,
-        "input": run.input,
-        "metadata": run.metadata,
-        "max_turns": run.max_turns,
-        "timeout_s": run.timeout_s,
-        "checkpoint": checkpoint.model_dump(mode="json") if checkpoint else None,
-        "lease_owner": run.lease_owner,
-        "lease_expires_at": run.lease_expires_at,
-        "attempt": run.attempt,
-        "event_seq": checkpoint.next_seq if checkpoint else 0,
-        "webhook_url": run.webhook_url,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-    }
-    await conn.execute(INSERT_RUN, values)
+    await conn.execute(INSERT_RUN, run_values(run, checkpoint))
     await insert_events(conn, events)
 
 
@@ -152,8 +168,9 @@ async def get_run(conn: AsyncConnection, run_id: uuid.UUID, owner: Owner) -> Run
     return None if row is None else record_from_row(row)
 
 
-def record_from_row(row: RowMapping) -> RunRecord:
-    """A RunRecord from a full `runs` row (a select or a RETURNING of every column)."""
+def record_from_row(row: Mapping[Any, Any]) -> RunRecord:
+    """A RunRecord from a full `runs` row (a select or a RETURNING of every column; the
+    row's values are as untyped as the driver makes them)."""
     fields = {k: row[k] for k in RunRecord.__dataclass_fields__ if k in row}
     fields["metadata"] = row["metadata"]
     return RunRecord(**fields)

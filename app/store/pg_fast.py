@@ -1,0 +1,101 @@
+"""PostgreSQL's fast path for the two writes every run makes: its start, and each LLM step.
+
+Each is one statement on the driver connection (atomic on its own, no BEGIN/COMMIT
+round trips, nothing for SQLAlchemy to build or compile). The step statement keeps the
+lease fence: when the UPDATE matches no row, the inserts that read from it insert
+nothing and no row comes back. Other writes, and every write on SQLite, take the
+general path in `run_store.py` and `runs.py`; both paths write the same rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.runner.events import RunEvent
+from app.store.runs import runs
+
+RUN_COLUMNS = tuple(c.name for c in runs.c)
+
+_EVENTS_FROM = (
+    "INSERT INTO run_events (run_id, seq, type, data, created_at) "
+    "SELECT {src}.id, (x->>'seq')::int, x->>'type', x->'data', ${at} "
+    "FROM {src}, jsonb_array_elements(${events}::jsonb) AS x"
+)
+
+START_RUN = (
+    f"WITH r AS (INSERT INTO runs ({', '.join(RUN_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(RUN_COLUMNS)))}) RETURNING id) "
+    + _EVENTS_FROM.format(src="r", at=len(RUN_COLUMNS) + 1, events=len(RUN_COLUMNS) + 2)
+)
+
+LLM_STEP = (
+    "WITH u AS (UPDATE runs SET checkpoint = $4, event_seq = $5, turns = $6,"
+    " input_tokens = $7, output_tokens = $8, cached_tokens = $9, cost_usd = $10,"
+    " llm_calls = $11, tool_calls = $12,"
+    " status = COALESCE($13::varchar, status), result = COALESCE($14::jsonb, result),"
+    " error = COALESCE($15::jsonb, error),"
+    " finished_at = COALESCE($16::timestamptz, finished_at),"
+    " lease_owner = CASE WHEN $13::varchar IS NULL THEN lease_owner END,"
+    " lease_expires_at = CASE WHEN $13::varchar IS NULL THEN lease_expires_at END"
+    " WHERE id = $1 AND lease_owner = $2 AND attempt = $3 RETURNING *),"
+    " l AS (INSERT INTO llm_calls (run_id, turn, provider, model, request, response,"
+    " input_tokens, output_tokens, cached_tokens, cost_usd, priced, latency_ms, error,"
+    " cache_hit, created_at)"
+    " SELECT u.id, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30"
+    " FROM u),"
+    " e AS (" + _EVENTS_FROM.format(src="u", at=30, events=31) + ")"
+    " SELECT * FROM u"
+)
+
+
+def json_text(value: object) -> str | None:
+    """JSON(B) parameters go to the driver as text (SQLAlchemy's codec on the connection)."""
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def events_text(events: Sequence[RunEvent]) -> str:
+    return orjson.dumps(
+        [{"seq": e.seq, "type": e.type.value, "data": e.data} for e in events]
+    ).decode()
+
+
+@asynccontextmanager
+async def driver(engine: AsyncEngine) -> AsyncIterator[object]:
+    """The asyncpg connection under a pooled SQLAlchemy connection, outside any transaction."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        yield raw.driver_connection
+
+
+async def start_run(
+    engine: AsyncEngine, values: Mapping[str, object], events: Sequence[RunEvent], at: datetime
+) -> None:
+    """Insert a run (`values` holds every column) and its first events, in one statement."""
+    args = [values[name] for name in RUN_COLUMNS]
+    async with driver(engine) as conn:
+        await conn.execute(START_RUN, *args, at, events_text(events))  # type: ignore[attr-defined]
+
+
+async def llm_step(
+    engine: AsyncEngine,
+    *,
+    fence: tuple[uuid.UUID, str, int],
+    progress: Sequence[object],
+    ending: tuple[str | None, str | None, str | None, datetime | None],
+    llm_call: Sequence[object],
+    at: datetime,
+    events: Sequence[RunEvent],
+) -> Mapping[str, object] | None:
+    """Checkpoint, trace row, events and maybe the end of a run, fenced by (owner, attempt).
+    None when the run is no longer held by this owner at this attempt."""
+    async with driver(engine) as conn:
+        row = await conn.fetchrow(  # type: ignore[attr-defined]
+            LLM_STEP, *fence, *progress, *ending, *llm_call, at, events_text(events)
+        )
+    return None if row is None else dict(row)
