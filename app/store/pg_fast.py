@@ -34,6 +34,22 @@ START_RUN = (
     + _EVENTS_FROM.format(src="r", at=len(RUN_COLUMNS) + 1, events=len(RUN_COLUMNS) + 2)
 )
 
+LLM_CALL_COLUMNS = (
+    "turn",
+    "provider",
+    "model",
+    "request",
+    "response",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "priced",
+    "latency_ms",
+    "error",
+    "cache_hit",
+)
+
 LLM_STEP = (
     "WITH u AS (UPDATE runs SET checkpoint = $4, event_seq = $5, turns = $6,"
     " input_tokens = $7, output_tokens = $8, cached_tokens = $9, cost_usd = $10,"
@@ -44,9 +60,7 @@ LLM_STEP = (
     " lease_owner = CASE WHEN $13::varchar IS NULL THEN lease_owner END,"
     " lease_expires_at = CASE WHEN $13::varchar IS NULL THEN lease_expires_at END"
     " WHERE id = $1 AND lease_owner = $2 AND attempt = $3 RETURNING *),"
-    " l AS (INSERT INTO llm_calls (run_id, turn, provider, model, request, response,"
-    " input_tokens, output_tokens, cached_tokens, cost_usd, priced, latency_ms, error,"
-    " cache_hit, created_at)"
+    f" l AS (INSERT INTO llm_calls (run_id, {', '.join(LLM_CALL_COLUMNS)}, created_at)"
     " SELECT u.id, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30"
     " FROM u),"
     " e AS (" + _EVENTS_FROM.format(src="u", at=30, events=31) + ")"
@@ -57,6 +71,14 @@ LLM_STEP = (
 def json_text(value: object) -> str | None:
     """JSON(B) parameters go to the driver as text (SQLAlchemy's codec on the connection)."""
     return None if value is None else orjson.dumps(value).decode()
+
+
+def llm_call_args(values: Mapping[str, object]) -> tuple[object, ...]:
+    """The trace row's values in statement order, JSON as text."""
+    return tuple(
+        json_text(values[c]) if c in ("request", "response") else values[c]
+        for c in LLM_CALL_COLUMNS
+    )
 
 
 def events_text(events: Sequence[RunEvent]) -> str:
