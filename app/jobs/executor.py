@@ -131,9 +131,13 @@ class RunExecutor:
 
     async def start_claimed(self, run: RunRecord) -> None:
         """Resume (or begin) a run this process just claimed from the queue."""
-        async with self.rt.db.transaction() as conn:
-            decisions = await approvals.decisions_for_run(conn, run.id)
         checkpoint = Checkpoint.model_validate(run.checkpoint or {})
+        decisions = {}
+        if checkpoint.unanswered_tool_calls():
+            # Only a run stopped between a model's tool call and its result can have
+            # decided approvals waiting; a fresh run needs no extra round trip.
+            async with self.rt.db.transaction() as conn:
+                decisions = await approvals.decisions_for_run(conn, run.id)
         # Events appended while nobody held the run (approval decisions) come first.
         checkpoint.next_seq = max(checkpoint.next_seq, run.event_seq)
         try:
