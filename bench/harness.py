@@ -115,15 +115,16 @@ def describe_machine(postgres: str) -> report.Machine:
 
 
 def commit_of(app_dir: Path) -> str:
-    """The short commit of the checkout under test (read only)."""
-    done = subprocess.run(
-        ["git", "-C", str(app_dir), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    return done.stdout.strip() or "unknown"
+    """The short commit of the checkout under test, marked when its app/ has uncommitted
+    changes (git is only read)."""
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(app_dir), *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{commit} + uncommitted app/ changes" if git("status", "--porcelain", "app") else commit
 
 
 def reproduce(module: str, argv: Sequence[str]) -> str:

@@ -50,7 +50,7 @@ class PacedResult:
     sent: int
     answered: int
     errors: dict[str, int]
-    """Failed sends by kind: `HTTP 503`, `TimeoutError`, `no connection`…"""
+    """Failed sends by kind: `HTTP 503`, `TimeoutError`, `connect: ConnectionRefusedError`…"""
     late: int
     duration_s: float
     p50_ms: float
@@ -138,7 +138,6 @@ class _Client:
             if time.monotonic() - slot > LATE_S:
                 late += 1
             if conn is None:
-                self._errors["no connection"] += 1
                 continue
             task = asyncio.create_task(self._send(conn, measured=i >= warm))
             tasks.add(task)
@@ -165,7 +164,7 @@ class _Client:
 
     async def _acquire(self, deadline: float) -> Connection | None:
         """An idle connection, a new one while fewer than MAX_CONNECTIONS are open, or
-        the next one freed; None when none comes before `deadline`."""
+        the next one freed; None (an error counted) when none comes before `deadline`."""
         while True:
             while self._idle:
                 (reader, writer), idle_since = self._idle.pop()
@@ -179,12 +178,14 @@ class _Client:
                 try:
                     async with asyncio.timeout(self._paced.timeout_s):
                         return await asyncio.open_connection("127.0.0.1", self._paced.port)
-                except (OSError, TimeoutError):
+                except (OSError, TimeoutError) as exc:
                     self._open -= 1
+                    self._errors[f"connect: {type(exc).__name__}"] += 1
                     return None
             self._freed.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                self._errors[f"all {MAX_CONNECTIONS} connections busy"] += 1
                 return None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
