@@ -59,6 +59,18 @@ def validate_models(registry: AgentRegistry, providers: Providers, default_model
             providers.resolve(version.model or default_model)
 
 
+def shared_http_client(*, timeout_s: float) -> httpx.AsyncClient:
+    """The one client for model calls and tools: httpx's API over aiohttp's connection
+    handling (a tenth of httpx's own CPU per call at high concurrency, BENCHMARKS.md)."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits),
+        timeout=httpx.Timeout(timeout_s, connect=10.0),
+        limits=limits,
+        follow_redirects=False,
+    )
+
+
 def _secret(value: SecretStr | None) -> str | None:
     return None if value is None else value.get_secret_value()
 
@@ -92,15 +104,7 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
     async with contextlib.AsyncExitStack() as stack:
         db = Database(create_engine(settings.database_url, pool_size=settings.db_pool_size))
         stack.push_async_callback(db.dispose)
-        # httpx's API over aiohttp's connection handling: a tenth of httpx's own CPU per
-        # call at high concurrency (BENCHMARKS.md).
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-        http = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits),
-            timeout=httpx.Timeout(settings.llm_timeout_s, connect=10.0),
-            limits=limits,
-            follow_redirects=False,
-        )
+        http = shared_http_client(timeout_s=settings.llm_timeout_s)
         stack.push_async_callback(http.aclose)
         providers = build_providers(
             http=http,

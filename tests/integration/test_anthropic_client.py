@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from app.lifespan import shared_http_client
 from app.llm.anthropic import AnthropicProvider
 from app.llm.errors import (
     ProviderAuthError,
@@ -18,7 +19,7 @@ from app.llm.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from app.llm.types import LLMRequest, Message, TokenUsage, ToolCall, ToolSpec
+from app.llm.types import LLMRequest, Message, TokenUsage, ToolCall
 from tests.fakes.llm_server import (
     ErrorReply,
     FakeLLMServer,
@@ -28,12 +29,7 @@ from tests.fakes.llm_server import (
     Usage,
     serve_fake_anthropic,
 )
-
-CALCULATOR = ToolSpec(
-    name="calculator",
-    description="Evaluate arithmetic.",
-    parameters={"type": "object", "properties": {"expression": {"type": "string"}}},
-)
+from tests.support.llm_client import CALCULATOR, Deltas, request_for
 
 
 @pytest.fixture
@@ -44,7 +40,8 @@ async def fake() -> AsyncIterator[FakeLLMServer]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    # The client the service itself uses (see app/lifespan.py).
+    async with shared_http_client(timeout_s=5) as client:
         yield client
 
 
@@ -54,22 +51,7 @@ def provider(fake: FakeLLMServer, http: httpx.AsyncClient) -> AnthropicProvider:
 
 
 def ask(text: str = "hi", **options: object) -> LLMRequest:
-    return LLMRequest.model_validate(
-        {
-            "provider": "anthropic",
-            "model": "claude-sonnet-4-20250514",
-            "messages": [{"role": "user", "content": text}],
-            **options,
-        }
-    )
-
-
-class Deltas:
-    def __init__(self) -> None:
-        self.chunks: list[str] = []
-
-    async def __call__(self, text: str) -> None:
-        self.chunks.append(text)
+    return request_for("anthropic", "claude-sonnet-4-20250514", text, **options)
 
 
 async def test_text_answer(provider: AnthropicProvider, fake: FakeLLMServer) -> None:

@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from app.lifespan import shared_http_client
 from app.llm.errors import (
     ProviderAuthError,
     ProviderBadRequest,
@@ -20,7 +21,7 @@ from app.llm.errors import (
     ProviderUnavailable,
 )
 from app.llm.openai import OpenAIProvider
-from app.llm.types import LLMRequest, Message, TokenUsage, ToolCall, ToolSpec
+from app.llm.types import LLMRequest, Message, TokenUsage, ToolCall
 from tests.fakes.llm_server import (
     ErrorReply,
     FakeLLMServer,
@@ -30,12 +31,7 @@ from tests.fakes.llm_server import (
     Usage,
     serve_fake_openai,
 )
-
-CALCULATOR = ToolSpec(
-    name="calculator",
-    description="Evaluate arithmetic.",
-    parameters={"type": "object", "properties": {"expression": {"type": "string"}}},
-)
+from tests.support.llm_client import CALCULATOR, Deltas, request_for
 
 
 @pytest.fixture
@@ -46,7 +42,8 @@ async def fake() -> AsyncIterator[FakeLLMServer]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    # The client the service itself uses (see app/lifespan.py).
+    async with shared_http_client(timeout_s=5) as client:
         yield client
 
 
@@ -56,22 +53,7 @@ def provider(fake: FakeLLMServer, http: httpx.AsyncClient) -> OpenAIProvider:
 
 
 def ask(text: str = "hi", **options: object) -> LLMRequest:
-    return LLMRequest.model_validate(
-        {
-            "provider": "openai",
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": text}],
-            **options,
-        }
-    )
-
-
-class Deltas:
-    def __init__(self) -> None:
-        self.chunks: list[str] = []
-
-    async def __call__(self, text: str) -> None:
-        self.chunks.append(text)
+    return request_for("openai", "gpt-4o-mini", text, **options)
 
 
 async def test_text_answer(provider: OpenAIProvider, fake: FakeLLMServer) -> None:
