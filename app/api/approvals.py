@@ -15,7 +15,7 @@ from app.errors import (
     problem_responses,
 )
 from app.services import approvals
-from app.services.runs import parse_run_id
+from app.services.runs import parse_id
 
 router = APIRouter(tags=["approvals"])
 
@@ -43,7 +43,7 @@ async def decide_approval(
     decided = await approvals.decide(
         services.executor.rt,
         principal,
-        parse_run_id(approval_id),
+        parse_id(approval_id, "approval"),
         approve=body.decision == "approve",
         reason=body.reason,
         arguments=body.arguments,

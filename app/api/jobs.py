@@ -42,7 +42,7 @@ async def submit(
 )
 async def get_status(job_id: str, principal: PrincipalDep, services: ServicesDep) -> RunRead:
     """The run as it is now."""
-    view = await runs.get_run(services.executor, principal, runs.parse_run_id(job_id))
+    view = await runs.get_run(services.executor, principal, runs.parse_id(job_id))
     return RunRead.from_view(view)
 
 
@@ -54,7 +54,7 @@ async def get_status(job_id: str, principal: PrincipalDep, services: ServicesDep
 async def cancel(job_id: str, principal: PrincipalDep, services: ServicesDep) -> RunRead:
     """Cancel a run: a queued or paused one at once, a running one at its next step
     (aborting its LLM call). A finished run is returned unchanged."""
-    view = await runs.cancel_run(services.executor, principal, runs.parse_run_id(job_id))
+    view = await runs.cancel_run(services.executor, principal, runs.parse_id(job_id))
     return RunRead.from_view(view)
 
 
@@ -65,5 +65,5 @@ async def cancel(job_id: str, principal: PrincipalDep, services: ServicesDep) ->
 )
 async def retry_webhook(job_id: str, principal: PrincipalDep, services: ServicesDep) -> RunRead:
     """Send the run's failed webhook deliveries again (same `webhook-id`)."""
-    view = await runs.retry_webhook(services.executor, principal, runs.parse_run_id(job_id))
+    view = await runs.retry_webhook(services.executor, principal, runs.parse_id(job_id))
     return RunRead.from_view(view)

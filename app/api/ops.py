@@ -95,7 +95,7 @@ async def list_agents(_: PrincipalDep, services: ServicesDep) -> AgentCatalog:
 )
 async def get_trace(job_id: str, principal: PrincipalDep, services: ServicesDep) -> TraceRead:
     """Every LLM call (prompt, response, tokens, cost) and tool call of a run."""
-    run, trace = await runs.get_trace(services.executor, principal, runs.parse_run_id(job_id))
+    run, trace = await runs.get_trace(services.executor, principal, runs.parse_id(job_id))
     return TraceRead(
         job_id=str(run.id),
         llm_calls=[LLMCallRead.model_validate(c) for c in trace.llm_calls],

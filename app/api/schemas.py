@@ -141,14 +141,7 @@ class RunRead(BaseModel):
             status=run.status,  # type: ignore[arg-type]
             result=RunResult.model_validate(run.result) if run.result else None,
             error=RunError.model_validate(run.error) if run.error else None,
-            usage=Usage(
-                input_tokens=run.input_tokens,
-                output_tokens=run.output_tokens,
-                cached_tokens=run.cached_tokens,
-                cost_usd=run.cost_usd,
-                llm_calls=run.llm_calls,
-                tool_calls=run.tool_calls,
-            ),
+            usage=Usage.model_validate(run.usage()),
             turns=run.turns,
             pending_approvals=[ApprovalRead.from_record(a) for a in view.approvals],
             webhook=_webhook_state(run.webhook_url, delivery),

@@ -105,16 +105,7 @@ class RunExecutor:
         """Drive the run from `checkpoint`; this process must hold its lease at `attempt`.
         The task ends with the run as its last commit left it (None if it could not write)."""
         client, _ = self.rt.providers.resolve(f"{spec.provider}/{spec.model}")
-        store = SqlRunStore(
-            self.rt.db,
-            run_id=spec.run_id,
-            user_id=user_id,
-            owner=self.owner,
-            attempt=attempt,
-            webhook_url=webhook_url,
-            approval_ttl_s=self.rt.settings.approval_ttl_s,
-            render_webhook=render_webhook,
-        )
+        store = self._store(spec.run_id, user_id, attempt, webhook_url)
         runner = GuardedRunner(
             spec,
             model=client,
@@ -163,16 +154,23 @@ class RunExecutor:
             decisions=decisions,
         )
 
-    async def _fail_unrunnable(self, run: RunRecord, cp: Checkpoint, message: str) -> None:
-        store = SqlRunStore(
+    def _store(
+        self, run_id: str, user_id: str, attempt: int, webhook_url: str | None
+    ) -> SqlRunStore:
+        """The run's writes, fenced by this process's lease at `attempt`."""
+        return SqlRunStore(
             self.rt.db,
-            run_id=str(run.id),
-            user_id=run.user_id,
+            run_id=run_id,
+            user_id=user_id,
             owner=self.owner,
-            attempt=run.attempt,
-            webhook_url=run.webhook_url,
+            attempt=attempt,
+            webhook_url=webhook_url,
+            approval_ttl_s=self.rt.settings.approval_ttl_s,
             render_webhook=render_webhook,
         )
+
+    async def _fail_unrunnable(self, run: RunRecord, cp: Checkpoint, message: str) -> None:
+        store = self._store(str(run.id), run.user_id, run.attempt, run.webhook_url)
         error = {"type": "validation_error", "message": message}
         event = RunEvent(str(run.id), cp.next_seq, EventType.RUN_FAILED, {"error": error})
         cp.next_seq += 1

@@ -39,11 +39,12 @@ class Worker:
             loops.append(self._delivery_loop(self._dispatcher))
         await asyncio.gather(*loops)
 
-    async def claim_once(self) -> int:
-        """Claim runs for the free slots and start them; the number claimed."""
+    async def claim_once(self) -> bool:
+        """Claim runs for the free slots and start them. True when every slot asked for was
+        filled, so more runs may be waiting; False when the queue ran dry (or no slot)."""
         free = self._capacity - self._executor.active
         if free <= 0:
-            return 0
+            return False
         settings = self._rt.settings
         async with self._rt.db.transaction() as conn:
             claimed = await queue.claim_runs(
@@ -55,7 +56,7 @@ class Worker:
             )
         for run in claimed:
             await self._executor.start_claimed(run)
-        return len(claimed)
+        return len(claimed) == free
 
     async def _claim_loop(self) -> None:
         poll_s = self._rt.settings.poll_interval_s
@@ -63,12 +64,12 @@ class Worker:
         while not self.stopping.is_set():
             ready.clear()
             try:
-                claimed = await self.claim_once()
+                more = await self.claim_once()
             except Exception:
                 log.warning("claiming runs failed", exc_info=True)
-                claimed = 0
-            if claimed and self._executor.active < self._capacity:
-                continue  # there may be more waiting
+                more = False
+            if more and self._executor.active < self._capacity:
+                continue  # slots freed meanwhile and the queue may hold more
             self._executor.slot_freed.clear()
             if self._executor.active >= self._capacity:
                 await wait_any(poll_s, self._executor.slot_freed, self.stopping)

@@ -16,7 +16,7 @@ from app.runner.events import EventType
 from app.services.auth import Principal
 from app.store import approvals, queue
 from app.store.approvals import ApprovalRecord
-from app.store.runs import runs
+from app.store.runs import ANYONE, get_run, runs
 
 
 async def list_pending(rt: Runtime, principal: Principal) -> list[ApprovalRecord]:
@@ -97,7 +97,7 @@ async def resolve(
     )
     if decided is None:
         return None
-    run = await queue.lock_run(conn, decided.run_id)
+    run = await get_run(conn, decided.run_id, ANYONE, lock=True)
     if run is not None and run.status == "awaiting_approval":
         await conn.execute(update(runs).where(runs.c.id == run.id).values(status="pending"))
         data: dict[str, object] = {

@@ -17,10 +17,9 @@ from app.jobs.ssrf import UnsafeURL, check_callback_url
 from app.jobs.webhooks import render_webhook
 from app.runner.loop import start_run
 from app.services.auth import Principal
-from app.store import approvals, pg_fast, queue, webhooks
+from app.store import approvals, queue, webhooks
 from app.store import runs as run_store
-from app.store.pg_fast import json_text
-from app.store.runs import TERMINAL_STATUSES, NewRun, RunRecord, Trace, run_values
+from app.store.runs import TERMINAL_STATUSES, NewRun, RunRecord, Trace
 from app.store.views import RunView
 
 
@@ -31,12 +30,21 @@ class StartedRun:
     """Set when this process drives the run (sync); None when it waits in the queue."""
 
 
-def parse_run_id(job_id: str) -> uuid.UUID:
-    """A job id; one that is not a UUID is simply not found."""
+def parse_id(value: str, what: str = "run") -> uuid.UUID:
+    """An id from a path; one that is not a UUID is simply not found."""
     try:
-        return uuid.UUID(job_id)
+        return uuid.UUID(value)
     except ValueError:
-        raise NotFound(f"run {job_id} not found") from None
+        raise NotFound(f"{what} {value} not found") from None
+
+
+async def _owned_run(
+    conn: AsyncConnection, principal: Principal, run_id: uuid.UUID, *, lock: bool = False
+) -> RunRecord:
+    run = await run_store.get_run(conn, run_id, principal.owner, lock=lock)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
 
 
 async def create_run(
@@ -83,16 +91,7 @@ async def create_run(
         attempt=1 if inline else 0,
         webhook_url=body.webhook_url,
     )
-    if inline and rt.db.is_postgres:
-        values = run_values(run, checkpoint)
-        for name in ("metadata", "checkpoint"):
-            values[name] = json_text(values[name])
-        await pg_fast.start_run(rt.db.engine, values, [started], now)
-    else:
-        async with rt.db.transaction() as conn:
-            await run_store.insert_run(conn, run, checkpoint=checkpoint, events=[started])
-            if not inline:
-                await queue.notify(conn, queue.READY_CHANNEL)
+    await queue.add_run(rt.db, run, checkpoint=checkpoint, events=[started])
     if not inline:
         rt.wakeups.ready()
         return StartedRun(run_id, None)
@@ -151,10 +150,7 @@ async def wait_for_run(
 async def get_run(executor: RunExecutor, principal: Principal, run_id: uuid.UUID) -> RunView:
     """The run, if the caller may see it, with its pending approvals and webhook state."""
     async with executor.rt.db.transaction() as conn:
-        run = await run_store.get_run(conn, run_id, principal.owner)
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
-        return await load_view(conn, run)
+        return await load_view(conn, await _owned_run(conn, principal, run_id))
 
 
 async def load_view(conn: AsyncConnection, run: RunRecord) -> RunView:
@@ -174,11 +170,7 @@ async def cancel_run(executor: RunExecutor, principal: Principal, run_id: uuid.U
     rt = executor.rt
     now = datetime.now(UTC)
     async with rt.db.transaction() as conn:
-        run = await run_store.get_run(conn, run_id, principal.owner)
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
-        run = await queue.lock_run(conn, run_id)
-        assert run is not None
+        run = await _owned_run(conn, principal, run_id, lock=True)
         if run.status in ("pending", "awaiting_approval"):
             await approvals.cancel_pending(conn, run_id, now=now)
             await queue.finish_unowned(
@@ -194,9 +186,7 @@ async def cancel_run(executor: RunExecutor, principal: Principal, run_id: uuid.U
 async def retry_webhook(executor: RunExecutor, principal: Principal, run_id: uuid.UUID) -> RunView:
     """Send the run's failed webhook deliveries again, with the same webhook-id."""
     async with executor.rt.db.transaction() as conn:
-        run = await run_store.get_run(conn, run_id, principal.owner)
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
+        await _owned_run(conn, principal, run_id)
         if await webhooks.retry_failed(conn, run_id, now=datetime.now(UTC)) == 0:
             raise Conflict("the run has no failed webhook delivery to send again")
     return await get_run(executor, principal, run_id)
@@ -207,7 +197,5 @@ async def get_trace(
 ) -> tuple[RunRecord, Trace]:
     """Every LLM and tool call of a run the caller may see."""
     async with executor.rt.db.transaction() as conn:
-        run = await run_store.get_run(conn, run_id, principal.owner)
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
+        run = await _owned_run(conn, principal, run_id)
         return run, await run_store.get_trace(conn, run_id)

@@ -21,6 +21,7 @@ from app.runner.events import RunEvent
 from app.store.runs import runs
 
 RUN_COLUMNS = tuple(c.name for c in runs.c)
+_JSON_RUN_COLUMNS = frozenset({"metadata", "result", "error", "checkpoint"})
 
 _EVENTS_FROM = (
     "INSERT INTO run_events (run_id, seq, type, data, created_at) "
@@ -99,7 +100,7 @@ async def start_run(
     engine: AsyncEngine, values: Mapping[str, object], events: Sequence[RunEvent], at: datetime
 ) -> None:
     """Insert a run (`values` holds every column) and its first events, in one statement."""
-    args = [values[name] for name in RUN_COLUMNS]
+    args = [json_text(values[c]) if c in _JSON_RUN_COLUMNS else values[c] for c in RUN_COLUMNS]
     async with driver(engine) as conn:
         await conn.execute(START_RUN, *args, at, events_text(events))  # type: ignore[attr-defined]
 

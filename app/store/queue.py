@@ -11,12 +11,22 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.runner.events import EventType, RunEvent
-from app.store import webhooks
-from app.store.runs import RunRecord, event_rows, events_t, record_from_row, runs
+from app.runner.state import Checkpoint
+from app.store import pg_fast, webhooks
+from app.store.db import Database
+from app.store.runs import (
+    NewRun,
+    RunRecord,
+    insert_events,
+    insert_run,
+    record_from_row,
+    run_values,
+    runs,
+)
 from app.store.views import RunView, WebhookRenderer
 
 READY_CHANNEL = "agentsvc_ready"
@@ -28,6 +38,21 @@ async def notify(conn: AsyncConnection, channel: str, payload: str = "") -> None
     wake-ups and polling. At most one per transaction: NOTIFY serializes commits."""
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+
+
+async def add_run(
+    db: Database, run: NewRun, *, checkpoint: Checkpoint, events: Sequence[RunEvent]
+) -> None:
+    """Store a new run with its first events. A queued one wakes the workers; one this
+    process starts at once goes, on PostgreSQL, as a single statement (the hot path)."""
+    queued = run.status == "pending"
+    if db.is_postgres and not queued:
+        await pg_fast.start_run(db.engine, run_values(run, checkpoint), events, run.created_at)
+        return
+    async with db.transaction() as conn:
+        await insert_run(conn, run, checkpoint=checkpoint, events=events)
+        if queued:
+            await notify(conn, READY_CHANNEL)
 
 
 async def claim_runs(
@@ -86,19 +111,8 @@ async def append_events(
     events = [
         RunEvent(str(run_id), start + i, type_, data) for i, (type_, data) in enumerate(items)
     ]
-    await conn.execute(insert(events_t), event_rows(events))
+    await insert_events(conn, events)
     return events
-
-
-def usage_of(run: RunRecord) -> dict[str, object]:
-    return {
-        "input_tokens": run.input_tokens,
-        "output_tokens": run.output_tokens,
-        "cached_tokens": run.cached_tokens,
-        "cost_usd": run.cost_usd,
-        "llm_calls": run.llm_calls,
-        "tool_calls": run.tool_calls,
-    }
 
 
 async def finish_unowned(
@@ -124,7 +138,7 @@ async def finish_unowned(
         .returning(*runs.c)
     )
     ended = record_from_row(row.mappings().one())
-    data: dict[str, object] = {"usage": usage_of(run)}
+    data: dict[str, object] = {"usage": run.usage()}
     if error is not None:
         data["error"] = error
     type_ = EventType.RUN_CANCELLED if status == "cancelled" else EventType.RUN_FAILED
@@ -182,16 +196,6 @@ async def reap_expired(
         else:
             requeued.append(run.id)
     return requeued
-
-
-async def lock_run(conn: AsyncConnection, run_id: uuid.UUID) -> RunRecord | None:
-    """The run, locked for this transaction (PostgreSQL; SQLite locks the whole file)."""
-    row = (
-        (await conn.execute(select(runs).where(runs.c.id == run_id).with_for_update()))
-        .mappings()
-        .first()
-    )
-    return None if row is None else record_from_row(row)
 
 
 async def request_cancel(conn: AsyncConnection, run_id: uuid.UUID) -> None:

@@ -46,7 +46,7 @@ _FENCED = update(runs).where(
     runs.c.attempt == bindparam("_attempt"),
 )
 _FENCED_ROW = _FENCED.returning(*runs.c)
-_FENCED = _FENCED.returning(runs.c.cancel_requested)
+_FENCED_CANCEL = _FENCED.returning(runs.c.cancel_requested)
 
 
 class SqlRunStore:
@@ -74,7 +74,6 @@ class SqlRunStore:
         self.last_state: RunRecord | None = None
         """The run as this store's last state change left it."""
         self._approval_ttl = timedelta(seconds=approval_ttl_s)
-        self._dialect = db.engine.dialect.name
 
     async def commit(self, step: Step) -> bool:
         now = datetime.now(UTC)
@@ -218,7 +217,7 @@ class SqlRunStore:
                 pass
         values.update(_run=self._run_id, _owner=self._owner, _attempt=self._attempt)
         # The whole row only when the state changed (the answer and a webhook need it).
-        stmt = _FENCED_ROW if outcome is not None else _FENCED
+        stmt = _FENCED_ROW if outcome is not None else _FENCED_CANCEL
         row = (await conn.execute(stmt, values)).mappings().first()
         if row is None:
             raise LeaseLost(f"run {self._run_id} is no longer held by {self._owner}")
@@ -263,7 +262,7 @@ class SqlRunStore:
 
     async def _upsert_tool_call(self, conn: AsyncConnection, record: ToolCallRecord) -> None:
         values = self._tool_values(record)
-        dialect = postgresql if self._dialect == "postgresql" else sqlite
+        dialect = postgresql if self._db.is_postgres else sqlite
         stmt = dialect.insert(tool_calls_t).values(values)
         changed = {k: values[k] for k in ("status", "result", "latency_ms", "finished_at")}
         await conn.execute(

@@ -30,6 +30,10 @@ class Owner:
     is_admin: bool = False
 
 
+ANYONE = Owner(user_id="", is_admin=True)
+"""For the service's own reads (workers, the reaper), not for a caller."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class NewRun:
     id: uuid.UUID
@@ -85,6 +89,17 @@ class RunRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    def usage(self) -> dict[str, int | float]:
+        """The usage totals, as the Run answer and the end events show them."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cost_usd": self.cost_usd,
+            "llm_calls": self.llm_calls,
+            "tool_calls": self.tool_calls,
+        }
 
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -159,11 +174,16 @@ async def insert_run(
     await insert_events(conn, events)
 
 
-async def get_run(conn: AsyncConnection, run_id: uuid.UUID, owner: Owner) -> RunRecord | None:
-    """The run if it exists and `owner` may see it; otherwise None (never tell which)."""
+async def get_run(
+    conn: AsyncConnection, run_id: uuid.UUID, owner: Owner, *, lock: bool = False
+) -> RunRecord | None:
+    """The run if it exists and `owner` may see it; otherwise None (never tell which).
+    `lock`: held for this transaction (PostgreSQL; SQLite locks the whole file anyway)."""
     stmt = select(runs).where(runs.c.id == run_id)
     if not owner.is_admin:
         stmt = stmt.where(runs.c.user_id == owner.user_id)
+    if lock:
+        stmt = stmt.with_for_update()
     row = (await conn.execute(stmt)).mappings().first()
     return None if row is None else record_from_row(row)
 
@@ -194,17 +214,3 @@ async def get_trace(conn: AsyncConnection, run_id: uuid.UUID) -> Trace:
         llm_calls=[dict(r) for r in llm.mappings()],
         tool_calls=[dict(r) for r in tools.mappings()],
     )
-
-
-async def list_events(
-    conn: AsyncConnection, run_id: uuid.UUID, *, after_seq: int = -1
-) -> list[RunEvent]:
-    """Events of a run after `after_seq`, in order."""
-    from app.runner.events import EventType
-
-    rows = await conn.execute(
-        select(events_t.c.seq, events_t.c.type, events_t.c.data)
-        .where(events_t.c.run_id == run_id, events_t.c.seq > after_seq)
-        .order_by(events_t.c.seq)
-    )
-    return [RunEvent(str(run_id), r.seq, EventType(r.type), r.data) for r in rows]

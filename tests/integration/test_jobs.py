@@ -329,3 +329,12 @@ async def test_two_claims_race_for_one_run_and_one_wins(make_settings: SettingsF
     finally:
         await db.dispose()
     assert sorted([first, second]) == [[], [job]]
+
+
+async def test_unknown_approval_is_404_by_its_own_name(client: AsyncClient) -> None:
+    for approval_id in ("not-an-id", "00000000-0000-0000-0000-000000000000"):
+        response = await client.post(
+            f"/agent/approvals/{approval_id}", json={"decision": "approve"}, headers=ANN
+        )
+        assert response.status_code == 404
+        assert response.json()["detail"] == f"approval {approval_id} not found"
