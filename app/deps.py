@@ -37,3 +37,17 @@ async def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_optional_principal(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | None:
+    """The caller when it sent a key (a wrong key is still 401); None when it sent none,
+    for routes that also accept another proof (a stream token)."""
+    if credentials is None or not credentials.credentials:
+        return None
+    return await get_principal(services, credentials)
+
+
+OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]

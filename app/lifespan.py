@@ -18,6 +18,8 @@ from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
 from app.agents.registry import AgentRegistry, build_registry
+from app.bus.events import EventBus, InProcessBus
+from app.bus.redis_events import RedisBus
 from app.bus.wakeups import Wakeups
 from app.jobs.executor import RunExecutor, Runtime
 from app.jobs.ssrf import GuardedTransport
@@ -26,6 +28,7 @@ from app.jobs.webhooks import WebhookDispatcher
 from app.jobs.worker import Worker
 from app.llm.providers import Providers, build_providers
 from app.services.auth import Authenticator
+from app.services.streams import StreamHub, StreamTokens
 from app.settings import DEFAULT_SECRET, Settings
 from app.store.db import Database, create_engine
 from app.tools.base import ToolContext
@@ -45,6 +48,8 @@ class Services:
     auth: Authenticator
     executor: RunExecutor
     worker: Worker | None
+    streams: StreamHub
+    stream_tokens: StreamTokens
 
 
 def process_owner() -> str:
@@ -68,6 +73,17 @@ def shared_http_client(*, timeout_s: float) -> httpx.AsyncClient:
         timeout=httpx.Timeout(timeout_s, connect=10.0),
         limits=limits,
         follow_redirects=False,
+    )
+
+
+def build_bus(settings: Settings) -> EventBus:
+    """Redis when configured (any replica can stream any run), else this process only."""
+    if settings.redis_url is None:
+        return InProcessBus(retention_s=settings.stream_retention_s)
+    return RedisBus(
+        settings.redis_url,
+        timeout_s=settings.redis_timeout_s,
+        retention_s=settings.stream_retention_s,
     )
 
 
@@ -119,12 +135,18 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
         wakeups = Wakeups()
         await wakeups.listen(settings.database_url)
         stack.push_async_callback(wakeups.close)
+        bus = build_bus(settings)
+        stack.push_async_callback(bus.close)
+        streams = StreamHub(db, bus, poll_s=settings.stream_poll_s)
+        watching = asyncio.Event()
+        stack.push_async_callback(_stop, watching, asyncio.create_task(streams.watch(watching)))
         runtime = Runtime(
             settings=settings,
             db=db,
             providers=providers,
             registry=registry,
             wakeups=wakeups,
+            bus=bus,
             tool_context=ToolContext(
                 sandbox_dir=settings.sandbox_dir.resolve(),
                 http=http,
@@ -160,6 +182,10 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
             auth=auth,
             executor=executor,
             worker=worker,
+            streams=streams,
+            stream_tokens=StreamTokens(
+                settings.secret_key.get_secret_value(), ttl_s=settings.stream_token_ttl_s
+            ),
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import approvals, jobs, ops, sync
+from app.api import approvals, jobs, ops, sessions, stream, sync
 from app.api.limits import BodySizeLimit
 from app.api.schemas import Problem
 from app.errors import install_error_handlers
@@ -22,7 +22,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    for router in (sync.router, jobs.router, approvals.router, ops.router):
+    for router in (
+        sync.router,
+        jobs.router,
+        stream.router,
+        sessions.router,
+        approvals.router,
+        ops.router,
+    ):
         app.include_router(router)
     _document_problem(app)
     return app

@@ -59,6 +59,24 @@ class Settings(BaseSettings):
     """Seconds between delivery attempts; one attempt more than delays."""
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
 
+    redis_url: str | None = None
+    """Redis for the live event bus (and, later, budgets and caches); None: in-process."""
+    redis_timeout_s: float = Field(default=0.1, gt=0, le=10)
+    """Connect and socket timeout of every Redis call except the live subscription."""
+
+    stream_ping_s: float = Field(default=15.0, gt=0, le=300)
+    """An SSE comment ping this often keeps proxies from closing idle streams."""
+    stream_send_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """A client that does not take an event within this long is cut off."""
+    stream_max_s: float = Field(default=3600.0, gt=0)
+    """A stream ends after this long; EventSource reconnects with Last-Event-ID."""
+    stream_token_ttl_s: float = Field(default=600.0, gt=0, le=86400)
+    """How long the token in a Run's `stream_url` grants reading that run's stream."""
+    stream_retention_s: float = Field(default=3600.0, gt=0)
+    """How long the live bus keeps a run's events after it ends (the database keeps them all)."""
+    stream_poll_s: float = Field(default=1.0, gt=0, le=60)
+    """Backstop: streams check the database this often for events the live bus missed."""
+
     sync_timeout_s: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.guards.redact import ALL_ENTITIES, Entity
+
 
 @dataclass(frozen=True, kw_only=True)
 class AgentVersion:
@@ -19,6 +21,9 @@ class AgentVersion:
     timeout_s: float = 300.0
     temperature: float | None = None
     max_output_tokens: int | None = 1024
+    redact: frozenset[Entity] = ALL_ENTITIES
+    """What the output filter removes from everything users see of this version's runs
+    (`app.guards.redact.Entity`; empty: nothing). The trace keeps the raw text."""
 
 
 @dataclass(frozen=True, kw_only=True)

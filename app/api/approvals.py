@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.schemas import ApprovalDecisionBody, ApprovalList, ApprovalRead
+from app.api.schemas import FILTER_ALL, ApprovalDecisionBody, ApprovalList, ApprovalRead
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     Conflict,
@@ -14,6 +14,7 @@ from app.errors import (
     Unauthorized,
     problem_responses,
 )
+from app.guards.redact import NO_REDACTION
 from app.services import approvals
 from app.services.runs import parse_id
 
@@ -28,7 +29,8 @@ router = APIRouter(tags=["approvals"])
 async def list_approvals(principal: PrincipalDep, services: ServicesDep) -> ApprovalList:
     """Pending approvals (approvers and admins)."""
     pending = await approvals.list_pending(services.executor.rt, principal)
-    return ApprovalList(approvals=[ApprovalRead.from_record(a) for a in pending])
+    redactor = NO_REDACTION if principal.role == "admin" else FILTER_ALL
+    return ApprovalList(approvals=[ApprovalRead.from_record(a, redactor=redactor) for a in pending])
 
 
 @router.post(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 
 from app.api.schemas import JobAccepted, RunCreate, RunRead
+from app.api.stream import stream_url
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     Conflict,
@@ -31,8 +32,12 @@ async def submit(
     """Queue a run for a worker; poll `status_url`, or give `webhook_url` to be called."""
     started = await runs.create_run(services.executor, principal, body, pattern="job", inline=False)
     job_id = str(started.run_id)
-    url = str(request.url_for("get_status", job_id=job_id))
-    return JobAccepted(job_id=job_id, status="pending", status_url=url)
+    return JobAccepted(
+        job_id=job_id,
+        status="pending",
+        status_url=str(request.url_for("get_status", job_id=job_id)),
+        stream_url=stream_url(request, services, started.run_id),
+    )
 
 
 @router.get(
@@ -40,10 +45,13 @@ async def submit(
     response_model=RunRead,
     responses=problem_responses(NotFound, Unauthorized),
 )
-async def get_status(job_id: str, principal: PrincipalDep, services: ServicesDep) -> RunRead:
+async def get_status(
+    job_id: str, principal: PrincipalDep, services: ServicesDep, request: Request
+) -> RunRead:
     """The run as it is now."""
-    view = await runs.get_run(services.executor, principal, runs.parse_id(job_id))
-    return RunRead.from_view(view)
+    run_id = runs.parse_id(job_id)
+    view = await runs.get_run(services.executor, principal, run_id)
+    return RunRead.from_view(view, stream_url=stream_url(request, services, run_id))
 
 
 @router.post(

@@ -67,6 +67,7 @@ async def list_agents(_: PrincipalDep, services: ServicesDep) -> AgentCatalog:
                         timeout_s=v.timeout_s,
                         temperature=v.temperature,
                         max_output_tokens=v.max_output_tokens,
+                        redact=sorted(v.redact),
                     )
                     for v in agent.versions
                 ],

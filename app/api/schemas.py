@@ -3,32 +3,52 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.guards.redact import Redactor
 from app.store.approvals import ApprovalRecord
 from app.store.webhooks import Delivery
 
 if TYPE_CHECKING:
+    from app.services.sessions import SessionLog
+    from app.store.sessions import SessionRecord
     from app.store.views import RunView
 
+FILTER_ALL = Redactor()
 RunStatus = Literal["pending", "running", "awaiting_approval", "completed", "failed", "cancelled"]
 MetadataValue = str | int | float | bool | None
 
 
-class RunCreate(BaseModel):
-    """Body of `POST /agent`."""
+AgentName = Annotated[str, Field(min_length=1, max_length=128, examples=["assistant"])]
+
+
+class RunInput(BaseModel):
+    """The part of a run's request that is not about which agent runs or where its
+    result goes."""
 
     model_config = ConfigDict(extra="forbid")
 
-    agent: str = Field(min_length=1, max_length=128, examples=["assistant"])
     input: str = Field(min_length=1, max_length=200_000, examples=["What is 17*23?"])
     metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=64)
     max_turns: int | None = Field(default=None, ge=1, le=100)
     """Lower the agent's turn limit for this run (never raise it)."""
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
     """Lower the agent's time limit for this run (never raise it)."""
+
+
+class MessageCreate(RunInput):
+    """Body of `POST /agent/sessions/{id}/messages`."""
+
+    stream: bool = False
+    """Answer with the run's events as Server-Sent Events, like `POST /agent/stream`."""
+
+
+class RunCreate(RunInput):
+    """Body of `POST /agent`, `/agent/submit` and `/agent/stream`."""
+
+    agent: AgentName
     webhook_url: str | None = Field(default=None, max_length=2048)
     """Receives `run.completed`, `run.failed`, `run.cancelled` and `run.awaiting_approval`."""
 
@@ -39,6 +59,8 @@ class JobAccepted(BaseModel):
     job_id: str
     status: Literal["pending"]
     status_url: str
+    stream_url: str
+    """The run's events over SSE; its token lets a browser's EventSource read them."""
 
 
 class ApprovalRead(BaseModel):
@@ -54,12 +76,17 @@ class ApprovalRead(BaseModel):
     reason: str | None = None
 
     @classmethod
-    def from_record(cls, a: ApprovalRecord) -> ApprovalRead:
+    def from_record(cls, a: ApprovalRecord, *, redactor: Redactor = FILTER_ALL) -> ApprovalRead:
+        """The approval as users see it: its arguments through the output filter (all
+        entities unless told otherwise; admins see them raw)."""
+        arguments = a.approved_arguments if a.approved_arguments is not None else a.arguments
+        shown = redactor.redact_json(arguments)
+        assert isinstance(shown, dict)
         return cls(
             id=str(a.id),
             job_id=str(a.run_id),
             tool=a.tool,
-            arguments=a.approved_arguments if a.approved_arguments is not None else a.arguments,
+            arguments=shown,
             status=a.status,
             requested_at=a.requested_at,
             expires_at=a.expires_at,
@@ -118,6 +145,7 @@ class RunRead(BaseModel):
     agent: str
     agent_version: str
     model: str
+    session_id: str | None
     status: RunStatus
     result: RunResult | None
     error: RunError | None
@@ -125,19 +153,22 @@ class RunRead(BaseModel):
     turns: int
     pending_approvals: list[ApprovalRead]
     webhook: WebhookState | None
+    stream_url: str | None = None
+    """The run's events over SSE, with a short-lived token that grants reading them."""
     metadata: dict[str, MetadataValue]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
 
     @classmethod
-    def from_view(cls, view: RunView) -> RunRead:
+    def from_view(cls, view: RunView, *, stream_url: str | None = None) -> RunRead:
         run, delivery = view.run, view.webhook
         return cls(
             job_id=str(run.id),
             agent=run.agent,
             agent_version=run.agent_version,
             model=run.model,
+            session_id=None if run.session_id is None else str(run.session_id),
             status=run.status,  # type: ignore[arg-type]
             result=RunResult.model_validate(run.result) if run.result else None,
             error=RunError.model_validate(run.error) if run.error else None,
@@ -145,11 +176,104 @@ class RunRead(BaseModel):
             turns=run.turns,
             pending_approvals=[ApprovalRead.from_record(a) for a in view.approvals],
             webhook=_webhook_state(run.webhook_url, delivery),
+            stream_url=stream_url,
             metadata=run.metadata,  # type: ignore[arg-type]
             created_at=run.created_at,
             started_at=run.started_at,
             finished_at=run.finished_at,
         )
+
+
+class SessionCreate(BaseModel):
+    """Body of `POST /agent/sessions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: AgentName
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=64)
+
+
+class SessionRead(BaseModel):
+    session_id: str
+    agent: str
+    metadata: dict[str, MetadataValue]
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, s: SessionRecord) -> SessionRead:
+        return cls(
+            session_id=str(s.id),
+            agent=s.agent,
+            metadata=s.metadata,  # type: ignore[arg-type]
+            created_at=s.created_at,
+        )
+
+
+class SessionRunRead(BaseModel):
+    run_id: str
+    status: RunStatus
+    error: RunError | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SessionToolCallRead(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, object]
+
+
+class SessionMessageRead(BaseModel):
+    """One conversation message, tagged with the run (message) that produced it."""
+
+    run_id: str
+    role: Literal["user", "assistant", "tool"]
+    content: str | None
+    """For `tool`: the tool's result (`error: …` when it failed)."""
+    tool_calls: list[SessionToolCallRead]
+    tool_call_id: str | None
+    """For `tool`: the call it answers."""
+    name: str | None
+    """For `tool`: the tool's name."""
+
+
+class SessionLogRead(SessionRead):
+    """A session with every message in order and every run (message) with its outcome."""
+
+    status: RunStatus | None
+    """Of its latest run; null before the first message."""
+    runs: list[SessionRunRead]
+    messages: list[SessionMessageRead]
+
+    @classmethod
+    def from_log(cls, log: SessionLog) -> SessionLogRead:
+        runs = [
+            SessionRunRead(
+                run_id=str(r.id),
+                status=r.status,  # type: ignore[arg-type]
+                error=RunError.model_validate(r.error) if r.error else None,
+                created_at=r.created_at,
+                finished_at=r.finished_at,
+            )
+            for r in log.runs
+        ]
+        messages = [
+            SessionMessageRead(
+                run_id=str(run_id),
+                role=m.role,  # type: ignore[arg-type]
+                content=m.content,
+                tool_calls=[
+                    SessionToolCallRead(id=c.id, name=c.name, arguments=c.arguments)
+                    for c in m.tool_calls
+                ],
+                tool_call_id=m.tool_call_id,
+                name=m.name,
+            )
+            for run_id, m in log.messages
+        ]
+        base = SessionRead.from_record(log.session)
+        status = runs[-1].status if runs else None
+        return cls(**base.model_dump(), status=status, runs=runs, messages=messages)
 
 
 class LLMCallRead(BaseModel):
@@ -208,6 +332,8 @@ class AgentVersionRead(BaseModel):
     timeout_s: float
     temperature: float | None
     max_output_tokens: int | None
+    redact: list[str]
+    """Entities the output filter removes from what users see of its runs."""
 
 
 class AgentRead(BaseModel):

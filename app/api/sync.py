@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from app.api.schemas import RunCreate, RunRead
+from app.api.stream import stream_url
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import InvalidRequest, PayloadTooLarge, Unauthorized, problem_responses
 from app.services import runs
@@ -22,13 +23,18 @@ router = APIRouter(tags=["runs"])
     },
 )
 async def run_agent(
-    body: RunCreate, principal: PrincipalDep, services: ServicesDep, response: Response
+    body: RunCreate,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    request: Request,
+    response: Response,
 ) -> RunRead:
     """Run an agent in this process and wait up to `AGENTSVC_SYNC_TIMEOUT_S` for its end.
     A run that is still going (or waits for an approval) answers 202; poll or stream it."""
     started = await runs.create_run(services.executor, principal, body, pattern="sync", inline=True)
     timeout_s = services.settings.sync_timeout_s
     view = await runs.wait_for_run(services.executor, principal, started, timeout_s)
-    if view.run.status not in TERMINAL_STATUSES:
-        response.status_code = status.HTTP_202_ACCEPTED
-    return RunRead.from_view(view)
+    if view.run.status in TERMINAL_STATUSES:
+        return RunRead.from_view(view)
+    response.status_code = status.HTTP_202_ACCEPTED
+    return RunRead.from_view(view, stream_url=stream_url(request, services, started.run_id))

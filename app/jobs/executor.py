@@ -11,15 +11,17 @@ from datetime import UTC, datetime
 
 from app.agents.definition import AgentVersion
 from app.agents.registry import AgentRegistry, UnknownAgent
+from app.bus.events import EventBus
 from app.bus.wakeups import Wakeups
 from app.guards.limits import RunLimits
+from app.guards.redact import Redactor
 from app.jobs.waiting import wait_any
 from app.jobs.webhooks import render_webhook
 from app.llm.providers import Providers
 from app.runner.errors import LeaseLost
 from app.runner.events import EventType, RunEvent
 from app.runner.loop import GuardedRunner, RunSpec
-from app.runner.protocols import ApprovalDecision, EventSink, Failed, Step
+from app.runner.protocols import ApprovalDecision, Failed, Step
 from app.runner.state import Checkpoint
 from app.settings import Settings
 from app.store import approvals
@@ -42,7 +44,8 @@ class Runtime:
     registry: AgentRegistry
     tool_context: ToolContext
     wakeups: Wakeups
-    sink: EventSink | None = None
+    bus: EventBus
+    """Where the runner publishes events live, after (deltas: before) they are committed."""
 
 
 def build_spec(
@@ -68,6 +71,7 @@ def build_spec(
         temperature=version.temperature,
         max_output_tokens=version.max_output_tokens,
         stream=stream,
+        redactor=Redactor(entities=version.redact),
     )
 
 
@@ -112,7 +116,7 @@ class RunExecutor:
             tools=self.rt.registry.tools,
             tool_context=self.rt.tool_context,
             store=store,
-            sink=self.rt.sink,
+            sink=self.rt.bus,
             decisions=decisions,
         )
         task = asyncio.create_task(self._drive(runner, store, checkpoint, spec.run_id))
@@ -131,6 +135,8 @@ class RunExecutor:
                 decisions = await approvals.decisions_for_run(conn, run.id)
         # Events appended while nobody held the run (approval decisions) come first.
         checkpoint.next_seq = max(checkpoint.next_seq, run.event_seq)
+        if run.pattern == "stream" and run.attempt > 1:
+            checkpoint.next_seq = max(checkpoint.next_seq, await self._live_next_seq(run))
         try:
             _, version = self.rt.registry.resolve(run.agent, run.agent_version)
         except UnknownAgent as exc:
@@ -153,6 +159,16 @@ class RunExecutor:
             webhook_url=run.webhook_url,
             decisions=decisions,
         )
+
+    async def _live_next_seq(self, run: RunRecord) -> int:
+        """Past the deltas a dead worker streamed but never committed: readers saw them,
+        so their sequence numbers are spent."""
+        try:
+            last = await self.rt.bus.last_seq(str(run.id))
+        except Exception:
+            log.warning("event bus: cannot read the last sequence of run %s", run.id)
+            return 0
+        return 0 if last is None else last + 1
 
     def _store(
         self, run_id: str, user_id: str, attempt: int, webhook_url: str | None

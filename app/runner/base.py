@@ -89,6 +89,12 @@ class RunnerBase:
         return RunTimeout(f"the run exceeded its time limit of {self._spec.limits.timeout_s:g} s")
 
     def _event(self, cp: Checkpoint, type_: EventType, data: dict[str, object]) -> RunEvent:
+        """The next event, with everything in it a user could see filtered (deltas are
+        filtered by the caller, across chunks)."""
+        if type_ != EventType.LLM_DELTA:
+            filtered = self._spec.redactor.redact_json(data)
+            assert isinstance(filtered, dict)
+            data = filtered
         event = RunEvent(self._spec.run_id, cp.next_seq, type_, data)
         cp.next_seq += 1
         return event
@@ -119,6 +125,14 @@ class RunnerBase:
     ) -> Outcome:
         events = list(events or [])
         usage = cp.usage.model_dump()
+        redact = self._spec.redactor.redact
+        match outcome:
+            case Completed(output):
+                outcome = Completed(redact(output))
+            case Failed(error_type, message):
+                outcome = Failed(error_type, redact(message))
+            case _:
+                pass
         match outcome:
             case Completed(output):
                 data: dict[str, object] = {"result": {"output": output}, "usage": usage}

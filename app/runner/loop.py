@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+from app.guards.redact import StreamRedactor
 from app.llm.errors import ProviderError
 from app.llm.pricing import price_call
 from app.llm.types import DeltaCallback, LLMRequest, LLMResponse, TokenUsage
@@ -80,13 +81,29 @@ class GuardedRunner(ToolSteps):
             max_output_tokens=spec.max_output_tokens,
         )
 
-    def _delta_callback(self, cp: Checkpoint, deltas: list[RunEvent]) -> DeltaCallback:
+    def _delta_callback(
+        self, cp: Checkpoint, deltas: list[RunEvent], redactor: StreamRedactor
+    ) -> DeltaCallback:
+        """Publishes the model's text as it comes, filtered: the redactor holds back a
+        tail that could still become a secret until later text settles it."""
+
         async def on_delta(text: str) -> None:
-            event = self._event(cp, EventType.LLM_DELTA, {"text": text})
-            deltas.append(event)
-            await self._publish([event])
+            safe = redactor.feed(text)
+            if safe:
+                event = self._event(cp, EventType.LLM_DELTA, {"text": safe})
+                deltas.append(event)
+                await self._publish([event])
 
         return on_delta
+
+    async def _flush_deltas(
+        self, cp: Checkpoint, deltas: list[RunEvent], redactor: StreamRedactor | None
+    ) -> None:
+        tail = redactor.flush() if redactor is not None else ""
+        if tail:
+            event = self._event(cp, EventType.LLM_DELTA, {"text": tail})
+            deltas.append(event)
+            await self._publish([event])
 
     async def _call_model(
         self, request: LLMRequest, on_delta: DeltaCallback | None
@@ -119,10 +136,12 @@ class GuardedRunner(ToolSteps):
         """One model call, committed with its trace row; the outcome if the run ended."""
         request = self._request(cp)
         deltas: list[RunEvent] = []
-        on_delta = self._delta_callback(cp, deltas) if self._spec.stream else None
+        redactor = self._spec.redactor.stream() if self._spec.stream else None
+        on_delta = None if redactor is None else self._delta_callback(cp, deltas, redactor)
         started = self._clock()
         answer = await self._call_model(request, on_delta)
         latency_ms = (self._clock() - started) * 1000
+        await self._flush_deltas(cp, deltas, redactor)
         trace_request = request.model_dump(mode="json", exclude_none=True)
         if not isinstance(answer, LLMResponse):
             cp.usage.llm_calls += 1

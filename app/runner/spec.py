@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from app.guards.limits import RunLimits
+from app.guards.redact import Redactor
 from app.llm.types import Message
 from app.runner.events import EventType, RunEvent
 from app.runner.state import Checkpoint
@@ -26,13 +28,21 @@ class RunSpec:
     max_output_tokens: int | None = None
     stream: bool = False
     """Ask the provider to stream and emit `llm.delta` events."""
+    redactor: Redactor = Redactor()
+    """Filters what users see of the run (events, output, errors); the trace keeps the raw."""
 
 
 def start_run(
-    *, run_id: str, instructions: str, user_input: str, data: dict[str, object]
+    *,
+    run_id: str,
+    instructions: str,
+    user_input: str,
+    data: dict[str, object],
+    history: Sequence[Message] = (),
 ) -> tuple[Checkpoint, RunEvent]:
-    """The first checkpoint of a fresh run and its `run.started` event."""
-    messages = [Message(role="user", content=user_input)]
+    """The first checkpoint of a fresh run and its `run.started` event: the instructions,
+    the prior conversation `history` (a session's; no system messages), the user's input."""
+    messages = [*history, Message(role="user", content=user_input)]
     if instructions:
         messages.insert(0, Message(role="system", content=instructions))
     event = RunEvent(run_id, 0, EventType.RUN_STARTED, data)

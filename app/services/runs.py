@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.agents.registry import UnknownAgent
+from app.agents.registry import AgentRegistry, UnknownAgent
 from app.api.schemas import RunCreate
 from app.errors import Conflict, InvalidRequest, NotFound
+from app.guards.redact import Redactor
 from app.jobs.executor import RunExecutor, build_spec
 from app.jobs.ssrf import UnsafeURL, check_callback_url
 from app.jobs.webhooks import render_webhook
+from app.llm.types import Message
+from app.runner.events import RunEvent
 from app.runner.loop import start_run
+from app.runner.state import Checkpoint
 from app.services.auth import Principal
 from app.store import approvals, queue, webhooks
 from app.store import runs as run_store
@@ -47,11 +53,30 @@ async def _owned_run(
     return run
 
 
+class SessionTurn(Protocol):
+    """The session a new run is the next message of (see services/sessions.py)."""
+
+    @property
+    def session_id(self) -> uuid.UUID: ...
+
+    async def admit(self, conn: AsyncConnection) -> Sequence[Message]:
+        """In the transaction that stores the run: lock the session, raise if it cannot take
+        a message now, and return its conversation so far (no system messages)."""
+        ...
+
+
 async def create_run(
-    executor: RunExecutor, principal: Principal, body: RunCreate, *, pattern: str, inline: bool
+    executor: RunExecutor,
+    principal: Principal,
+    body: RunCreate,
+    *,
+    pattern: str,
+    inline: bool,
+    session: SessionTurn | None = None,
 ) -> StartedRun:
     """Store a new run. Inline: this process takes its lease and drives it now; otherwise
-    it waits in the queue for a worker."""
+    it waits in the queue for a worker. With `session`, the run continues the session's
+    conversation, admitted and stored in one transaction (two messages never both start)."""
     rt = executor.rt
     try:
         agent, version = rt.registry.resolve(body.agent)
@@ -65,12 +90,6 @@ async def create_run(
     timeout_s = body.timeout_s or version.timeout_s
     model_ref = version.model or rt.settings.default_model
     run_id = uuid.uuid4()
-    checkpoint, started = start_run(
-        run_id=str(run_id),
-        instructions=version.instructions,
-        user_input=body.input,
-        data={"agent": agent.name, "agent_version": version.version, "model": model_ref},
-    )
     now = datetime.now(UTC)
     run = NewRun(
         id=run_id,
@@ -91,7 +110,27 @@ async def create_run(
         attempt=1 if inline else 0,
         webhook_url=body.webhook_url,
     )
-    await queue.add_run(rt.db, run, checkpoint=checkpoint, events=[started])
+
+    def first_checkpoint(history: Sequence[Message] = ()) -> tuple[Checkpoint, RunEvent]:
+        return start_run(
+            run_id=str(run_id),
+            instructions=version.instructions,
+            user_input=body.input,
+            data={"agent": agent.name, "agent_version": version.version, "model": model_ref},
+            history=history,
+        )
+
+    if session is None:
+        checkpoint, started = first_checkpoint()
+        await queue.add_run(rt.db, run, checkpoint=checkpoint, events=[started])
+    else:
+        async with rt.db.transaction() as conn:
+            history = await session.admit(conn)
+            run = replace(run, session_id=session.session_id, history_len=len(history))
+            checkpoint, started = first_checkpoint(history)
+            await run_store.insert_run(conn, run, checkpoint=checkpoint, events=[started])
+            if not inline:
+                await queue.notify(conn, queue.READY_CHANNEL)
     if not inline:
         rt.wakeups.ready()
         return StartedRun(run_id, None)
@@ -195,7 +234,37 @@ async def retry_webhook(executor: RunExecutor, principal: Principal, run_id: uui
 async def get_trace(
     executor: RunExecutor, principal: Principal, run_id: uuid.UUID
 ) -> tuple[RunRecord, Trace]:
-    """Every LLM and tool call of a run the caller may see."""
+    """Every LLM and tool call of a run the caller may see: raw for admins, through the
+    agent's output filter for everyone else."""
     async with executor.rt.db.transaction() as conn:
         run = await _owned_run(conn, principal, run_id)
-        return run, await run_store.get_trace(conn, run_id)
+        trace = await run_store.get_trace(conn, run_id)
+    if principal.role == "admin":
+        return run, trace
+    return run, filter_trace(
+        trace, redactor_for(executor.rt.registry, run.agent, run.agent_version)
+    )
+
+
+def redactor_for(registry: AgentRegistry, agent: str, version: str | None) -> Redactor:
+    """The output filter of an agent version (None: the stable one); the strictest one if
+    it is gone."""
+    try:
+        return Redactor(entities=registry.resolve(agent, version)[1].redact)
+    except UnknownAgent:
+        return Redactor()
+
+
+def filter_trace(trace: Trace, redactor: Redactor) -> Trace:
+    """The trace with every prompt, answer, argument and result filtered."""
+    text_fields = ("request", "response", "error", "arguments", "result")
+    return Trace(
+        llm_calls=[_filtered(c, redactor, text_fields) for c in trace.llm_calls],
+        tool_calls=[_filtered(c, redactor, text_fields) for c in trace.tool_calls],
+    )
+
+
+def _filtered(
+    row: dict[str, object], redactor: Redactor, fields: tuple[str, ...]
+) -> dict[str, object]:
+    return {k: redactor.redact_json(v) if k in fields else v for k, v in row.items()}

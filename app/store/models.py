@@ -1,4 +1,4 @@
-"""Tables. Runs, their events, checkpoints and traces; users and API keys.
+"""Tables. Runs, their events, checkpoints and traces; sessions; users and API keys.
 
 One schema for PostgreSQL and SQLite: JSON becomes JSONB on PostgreSQL, times
 are stored in UTC and always come back timezone-aware.
@@ -127,9 +127,14 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    session_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    """The session this run is a message of (deleted with it; no foreign key)."""
+    history_len: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Conversation messages (system message not counted) inherited from the session."""
 
     __table_args__ = (
         Index("ix_runs_user_created", "user_id", "created_at"),
+        Index("ix_runs_session_created", "session_id", "created_at"),
         # Narrow partial indexes keep claims and lease sweeps cheap as the table grows.
         Index(
             "ix_runs_claim",
@@ -145,6 +150,18 @@ class Run(Base):
             sqlite_where=text("status = 'running'"),
         ),
     )
+
+
+class AgentSession(Base):
+    """A conversation with one agent: each message is a run that continues its history."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    agent: Mapped[str] = mapped_column(String(128))
+    metadata_: Mapped[dict[str, object]] = mapped_column("metadata", JsonType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class RunEvent(Base):

@@ -53,6 +53,9 @@ class NewRun:
     lease_expires_at: datetime | None = None
     attempt: int = 0
     webhook_url: str | None = None
+    session_id: uuid.UUID | None = None
+    history_len: int = 0
+    """Conversation messages inherited from the session (see services/sessions.py)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +92,8 @@ class RunRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    session_id: uuid.UUID | None
+    history_len: int
 
     def usage(self) -> dict[str, int | float]:
         """The usage totals, as the Run answer and the end events show them."""
@@ -159,6 +164,8 @@ def run_values(run: NewRun, checkpoint: Checkpoint | None) -> dict[str, object]:
         "created_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": None,
+        "session_id": run.session_id,
+        "history_len": run.history_len,
     }
 
 

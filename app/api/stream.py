@@ -1,0 +1,119 @@
+"""SSE pattern: run an agent and stream its events, or attach to a run's stream."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.schemas import RunCreate
+from app.deps import OptionalPrincipalDep, PrincipalDep, ServicesDep
+from app.errors import InvalidRequest, NotFound, PayloadTooLarge, Unauthorized, problem_responses
+from app.lifespan import Services
+from app.services import runs
+from app.services.streams import open_stream, read_to_the_end
+
+router = APIRouter(tags=["stream"])
+
+RECONNECT_MS = 2000
+"""The `retry:` hint: how long an EventSource waits before it reconnects."""
+
+STREAM_DOC: dict[int | str, dict[str, object]] = {
+    200: {
+        "content": {"text/event-stream": {}},
+        "description": "RunEvents as Server-Sent Events: `id:` the per-run sequence, "
+        "`event:` the type, `data:` JSON; the stream ends after the terminal event.",
+    }
+}
+_ENDED_DOC: dict[int | str, dict[str, object]] = {
+    204: {"description": "The run has ended and Last-Event-ID is its last event"}
+}
+
+
+def stream_url(request: Request, services: Services, run_id: uuid.UUID) -> str:
+    """Where a browser reads the run's events: the URL carries a short-lived token
+    that grants that and nothing else."""
+    url = request.url_for("attach_stream", job_id=str(run_id))
+    return str(url.include_query_params(token=services.stream_tokens.issue(run_id)))
+
+
+async def _sse(services: Services, run_id: uuid.UUID, after: int) -> AsyncIterator[ServerSentEvent]:
+    yield ServerSentEvent(retry=RECONNECT_MS, comment="run " + str(run_id))
+    follow = services.streams.follow(run_id, after=after, max_s=services.settings.stream_max_s)
+    async for event in follow:
+        data = orjson.dumps(event.payload()).decode()
+        yield ServerSentEvent(data, event=event.type.value, id=str(event.seq))
+
+
+def event_stream(services: Services, run_id: uuid.UUID, after: int = -1) -> EventSourceResponse:
+    """The run's events after `after` as an SSE response."""
+    settings = services.settings
+    return EventSourceResponse(
+        _sse(services, run_id, after),
+        ping=settings.stream_ping_s,
+        send_timeout=settings.stream_send_timeout_s,
+        headers={"X-Job-Id": str(run_id)},
+    )
+
+
+@router.post(
+    "/agent/stream",
+    response_class=EventSourceResponse,
+    responses={**STREAM_DOC, **problem_responses(InvalidRequest, Unauthorized, PayloadTooLarge)},
+)
+async def stream_run(
+    body: RunCreate, principal: PrincipalDep, services: ServicesDep
+) -> EventSourceResponse:
+    """Run an agent and stream its events as they happen, the model's text included
+    (`llm.delta`). Disconnecting does not stop the run: attach again with
+    `GET /agent/stream/{job_id}` and `Last-Event-ID`."""
+    started = await runs.create_run(
+        services.executor, principal, body, pattern="stream", inline=True
+    )
+    return event_stream(services, started.run_id)
+
+
+@router.get(
+    "/agent/stream/{job_id}",
+    response_class=EventSourceResponse,
+    responses={
+        **STREAM_DOC,
+        **_ENDED_DOC,
+        **problem_responses(InvalidRequest, NotFound, Unauthorized),
+    },
+)
+async def attach_stream(
+    job_id: str,
+    principal: OptionalPrincipalDep,
+    services: ServicesDep,
+    token: Annotated[str | None, Query(max_length=256)] = None,
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+) -> Response:
+    """A run's events from its start, or after `Last-Event-ID`, with no gap and no
+    duplicate, until its terminal event. Authorize with a key, or with the `token` of
+    the run's `stream_url` (EventSource cannot send headers)."""
+    run_id = runs.parse_id(job_id)
+    run = await open_stream(
+        services.db, services.stream_tokens, run_id, principal=principal, token=token
+    )
+    after = _parse_last_event_id(last_event_id)
+    if read_to_the_end(run, after):
+        # 204 tells an EventSource to stop reconnecting.
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return event_stream(services, run_id, after)
+
+
+def _parse_last_event_id(value: str | None) -> int:
+    if value is None or not value.strip():
+        return -1
+    try:
+        seq = int(value)
+    except ValueError:
+        raise InvalidRequest(f"Last-Event-ID {value!r} is not an event id") from None
+    if seq < -1:
+        raise InvalidRequest(f"Last-Event-ID {value!r} is not an event id")
+    return seq
