@@ -16,6 +16,7 @@ import httpx
 from fastapi import FastAPI
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
+from redis.asyncio import Redis
 
 from app.agents.registry import AgentRegistry, build_registry
 from app.bus.events import EventBus, InProcessBus
@@ -76,11 +77,23 @@ def shared_http_client(*, timeout_s: float) -> httpx.AsyncClient:
     )
 
 
-def build_bus(settings: Settings) -> EventBus:
-    """Redis when configured (any replica can stream any run), else this process only."""
+def build_redis(settings: Settings) -> Redis | None:
+    """The process's Redis client, when configured: every call has a short timeout, so a
+    Redis that stops answering costs each caller at most that (its policy then applies)."""
     if settings.redis_url is None:
+        return None
+    timeout = settings.redis_timeout_s
+    return Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+def build_bus(settings: Settings, redis: Redis | None) -> EventBus:
+    """Redis when configured (any replica can stream any run), else this process only."""
+    if redis is None or settings.redis_url is None:
         return InProcessBus(retention_s=settings.stream_retention_s)
     return RedisBus(
+        redis,
         settings.redis_url,
         timeout_s=settings.redis_timeout_s,
         retention_s=settings.stream_retention_s,
@@ -135,7 +148,10 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
         wakeups = Wakeups()
         await wakeups.listen(settings.database_url)
         stack.push_async_callback(wakeups.close)
-        bus = build_bus(settings)
+        redis = build_redis(settings)
+        if redis is not None:
+            stack.push_async_callback(redis.aclose)
+        bus = build_bus(settings, redis)
         stack.push_async_callback(bus.close)
         streams = StreamHub(db, bus, poll_s=settings.stream_poll_s)
         watching = asyncio.Event()
@@ -147,6 +163,7 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
             registry=registry,
             wakeups=wakeups,
             bus=bus,
+            redis=redis,
             tool_context=ToolContext(
                 sandbox_dir=settings.sandbox_dir.resolve(),
                 http=http,

@@ -60,6 +60,7 @@ class RedisBus:
 
     def __init__(
         self,
+        client: redis.Redis,
         url: str,
         *,
         timeout_s: float,
@@ -67,10 +68,10 @@ class RedisBus:
         max_events: int = 10_000,
         poll_s: float = 0.05,
     ) -> None:
+        """`client`: the process's Redis client (short timeouts) for publishing and reads;
+        the subscription gets a connection of its own to `url`."""
         self.fanout = Fanout()
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        self._client = client
         # The listener's own connection: reads wait as long as they like.
         self._listen_client = redis.Redis.from_url(
             url, socket_connect_timeout=timeout_s, health_check_interval=30
@@ -184,4 +185,3 @@ class RedisBus:
         with contextlib.suppress(RedisError, OSError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._listen_client.aclose()
-        await self._client.aclose()

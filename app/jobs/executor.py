@@ -9,6 +9,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from redis.asyncio import Redis
+
 from app.agents.definition import AgentVersion
 from app.agents.registry import AgentRegistry, UnknownAgent
 from app.bus.events import EventBus
@@ -18,6 +20,7 @@ from app.guards.redact import Redactor
 from app.jobs.waiting import wait_any
 from app.jobs.webhooks import render_webhook
 from app.llm.providers import Providers
+from app.llm.types import ModelClient
 from app.runner.errors import LeaseLost
 from app.runner.events import EventType, RunEvent
 from app.runner.loop import GuardedRunner, RunSpec
@@ -46,12 +49,16 @@ class Runtime:
     wakeups: Wakeups
     bus: EventBus
     """Where the runner publishes events live, after (deltas: before) they are committed."""
+    redis: Redis | None = None
+    """Shared state between replicas (budgets, cache, breakers, rate limits); None: this
+    process's own stand-ins."""
 
 
 def build_spec(
     rt: Runtime,
     *,
     run_id: str,
+    agent: str,
     version: AgentVersion,
     model_ref: str,
     max_turns: int,
@@ -62,6 +69,8 @@ def build_spec(
     provider, _, model = model_ref.partition("/")
     return RunSpec(
         run_id=run_id,
+        agent=agent,
+        agent_version=version.version,
         provider=provider,
         model=model,
         tools=frozenset(version.tools),
@@ -108,7 +117,7 @@ class RunExecutor:
     ) -> asyncio.Task[RunRecord | None]:
         """Drive the run from `checkpoint`; this process must hold its lease at `attempt`.
         The task ends with the run as its last commit left it (None if it could not write)."""
-        client, _ = self.rt.providers.resolve(f"{spec.provider}/{spec.model}")
+        client = self.model_for(spec, user_id=user_id)
         store = self._store(spec.run_id, user_id, attempt, webhook_url)
         runner = GuardedRunner(
             spec,
@@ -123,6 +132,12 @@ class RunExecutor:
         self._held[spec.run_id] = _Held(runner, task, attempt)
         task.add_done_callback(lambda _: self._release(spec.run_id))
         return task
+
+    def model_for(self, spec: RunSpec, *, user_id: str) -> ModelClient:
+        """The model client one run calls: the provider, wrapped in the guards that sit
+        around every LLM call (the one place they are composed, outermost first)."""
+        client, _ = self.rt.providers.resolve(f"{spec.provider}/{spec.model}")
+        return client
 
     async def start_claimed(self, run: RunRecord) -> None:
         """Resume (or begin) a run this process just claimed from the queue."""
@@ -145,6 +160,7 @@ class RunExecutor:
         spec = build_spec(
             self.rt,
             run_id=str(run.id),
+            agent=run.agent,
             version=version,
             model_ref=run.model,
             max_turns=run.max_turns,

@@ -90,6 +90,12 @@ class LLMResponse(BaseModel):
     finish_reason: str | None = None
     model: str
     """The model that answered, as the provider reported it."""
+    served_by: str | None = None
+    """`provider/model` that answered when it is not the one asked (a fallback link)."""
+    cache_hit: bool = False
+    """Answered from the prompt cache: no provider call, no cost, no budget."""
+    attempts: int = 1
+    """Provider calls made for this answer (retries included)."""
 
 
 DeltaCallback = Callable[[str], Awaitable[None]]

@@ -129,6 +129,9 @@ class GuardedRunner(ToolSteps):
         except ProviderError as exc:
             name = type(exc).__name__
             return LLMUnavailable(f"{request.provider}/{request.model}: {name}: {exc}")
+        except RunFailure as exc:
+            # From the guards around the call: budget, breakers, an exhausted fallback chain.
+            return exc
         finally:
             self._inflight = None
 
@@ -163,32 +166,38 @@ class GuardedRunner(ToolSteps):
             return await self._finish(
                 cp, ending, llm_call=record, events=deltas, published=len(deltas)
             )
-        cost = price_call(request.provider, request.model, answer.usage)
+        provider, model = request.provider, request.model
+        if answer.served_by is not None:
+            provider, _, model = answer.served_by.partition("/")
+        cost = price_call(provider, model, answer.usage)
+        usd = 0.0 if answer.cache_hit else cost.usd
         cp.messages.append(answer.message)
         cp.turn += 1
-        cp.usage.add_llm_call(answer.usage, cost.usd)
+        cp.usage.add_llm_call(answer.usage, usd)
         record = LLMCallRecord(
             turn=cp.turn,
-            provider=request.provider,
-            model=request.model,
+            provider=provider,
+            model=model,
             request=trace_request,
             response=answer.model_dump(mode="json", exclude_none=True),
             usage=answer.usage,
-            cost_usd=cost.usd,
+            cost_usd=usd,
             priced=cost.priced,
             latency_ms=latency_ms,
+            cache_hit=answer.cache_hit,
         )
         call_event = self._event(
             cp,
             EventType.LLM_CALL,
             {
                 "turn": cp.turn,
-                "provider": request.provider,
-                "model": request.model,
+                "provider": provider,
+                "model": model,
+                "cache_hit": answer.cache_hit,
                 "content": answer.message.content,
                 "tool_calls": [c.name for c in answer.message.tool_calls],
                 "usage": answer.usage.model_dump(),
-                "cost_usd": cost.usd,
+                "cost_usd": usd,
                 "latency_ms": round(latency_ms, 3),
                 "finish_reason": answer.finish_reason,
             },

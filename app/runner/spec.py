@@ -20,6 +20,8 @@ class RunSpec:
     """What to run: the resolved agent version and the run's own limits."""
 
     run_id: str
+    agent: str = ""
+    agent_version: str = ""
     provider: str
     model: str
     tools: frozenset[str]

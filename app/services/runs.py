@@ -137,6 +137,7 @@ async def create_run(
     spec = build_spec(
         rt,
         run_id=str(run_id),
+        agent=agent.name,
         version=version,
         model_ref=model_ref,
         max_turns=max_turns,

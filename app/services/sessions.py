@@ -35,8 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.agents.registry import UnknownAgent
 from app.api.schemas import MessageCreate, RunCreate, SessionCreate
 from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from app.jobs.executor import RunExecutor
 from app.guards.redact import Redactor
+from app.jobs.executor import RunExecutor
 from app.llm.types import Message
 from app.runner.state import Checkpoint
 from app.services import runs
