@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -9,6 +10,8 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from app.api.schemas import RunCreate
 from app.deps import OptionalPrincipalDep, PrincipalDep, ServicesDep
@@ -17,6 +20,7 @@ from app.lifespan import Services
 from app.services import runs
 from app.services.streams import open_stream, read_to_the_end
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["stream"])
 
 RECONNECT_MS = 2000
@@ -49,10 +53,23 @@ async def _sse(services: Services, run_id: uuid.UUID, after: int) -> AsyncIterat
         yield ServerSentEvent(data, event=event.type.value, id=str(event.seq))
 
 
+class RunEventStream(EventSourceResponse):
+    """An SSE response that cuts a client which stopped reading with one log line (the
+    run goes on; the client can resume with Last-Event-ID)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.info(
+                "SSE client too slow: cut off after %.0f s without progress", self.send_timeout
+            )
+
+
 def event_stream(services: Services, run_id: uuid.UUID, after: int = -1) -> EventSourceResponse:
     """The run's events after `after` as an SSE response."""
     settings = services.settings
-    return EventSourceResponse(
+    return RunEventStream(
         _sse(services, run_id, after),
         ping=settings.stream_ping_s,
         send_timeout=settings.stream_send_timeout_s,

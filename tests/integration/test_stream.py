@@ -6,6 +6,7 @@ SQLite runs with the in-process bus, PostgreSQL with the Redis bus.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -210,3 +211,46 @@ async def test_session_message_streams_with_stream_true(server: Server) -> None:
     log = (await server.client.get(f"/agent/sessions/{session['session_id']}")).json()
     assert log["messages"][-1]["content"] == "The result is 391."
     assert log["messages"][-1]["run_id"] == events[0].json()["job_id"]
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_the_run_goes_on(
+    make_settings: SettingsFactory, db_url: str
+) -> None:
+    # ~8 MB of events: more than the kernel buffers between server and client can hold.
+    words = " ".join(f"w{i:05d}" for i in range(28_000))
+    async with serve_app(script_app()) as model_url:
+        settings = make_settings(
+            agents_module="tests.support.custom_agents",
+            openai_base_url=f"{model_url}/v1",
+            stream_send_timeout_s=0.5,
+        )
+        async with LifespanManager(create_app(settings)) as manager, serve_app(manager.app) as base:
+            async with httpx.AsyncClient(base_url=base, headers=ALICE, timeout=30) as client:
+                body = {"agent": "worker-agent", "input": f"chunk 3; say {words}"}
+                async with client.stream("POST", "/agent/stream", json=body) as response:
+                    job = response.headers["x-job-id"]
+                    full = (await response.aread()).count(b"\nid: ")
+                host, port = base.removeprefix("http://").split(":")
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+                reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+                writer.write(
+                    f"GET /agent/stream/{job} HTTP/1.1\r\nHost: t\r\n"
+                    f"Authorization: {ALICE['Authorization']}\r\n\r\n".encode()
+                )
+                await writer.drain()
+                reader._transport.pause_reading()  # type: ignore[attr-defined]
+                await asyncio.sleep(3)  # a client that stopped reading
+                reader._transport.resume_reading()  # type: ignore[attr-defined]
+                async with asyncio.timeout(10):
+                    received = await reader.read()  # until the server closed it
+                writer.close()
+                await writer.wait_closed()
+                # Cut off before the end (a finished stream would keep the connection open).
+                assert received.count(b"\nid: ") < full
+                assert b"event: run.completed" not in received
+                resumed = await attach(client, job, last=10)
+                assert resumed[0].seq == 11
+                assert resumed[-1].event == "run.completed"
