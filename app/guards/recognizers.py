@@ -1,7 +1,7 @@
 """What the output filter recognises: the entities, their patterns and their validators.
 
 The patterns are `regex` sources shared by whole-text and streaming redaction, so they
-follow three rules that keep a stream's hold-back decision sound (see `app.guards.redact`):
+follow three rules that keep a stream's hold-back decision sound (see `app.guards.scanner`):
 
 - A match never ends in `\\b`, `$` or `\\Z` where more text could change it: the `regex`
   module treats those as settled at the end of a buffer. Explicit lookaheads such as
@@ -24,7 +24,7 @@ from enum import StrEnum
 
 import regex
 
-LOOKBEHIND = 80
+LOOKBEHIND = 2
 """The longest lookbehind of any pattern, in characters."""
 
 
@@ -91,7 +91,9 @@ IBAN_LENGTHS: dict[str, int] = {
 
 def iban_valid(compact: str) -> bool:
     """Whether an IBAN without spaces has its country's length and passes ISO 7064 mod 97."""
-    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isascii():
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact):
+        return False
+    if not (compact.isascii() and compact.isalnum()):
         return False
     rearranged = compact[4:] + compact[:4]
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
@@ -152,9 +154,6 @@ SECRET_NAME = r"(?:[A-Za-z0-9_.-]{0,40}[_.-])?" + _SECRET_WORD
 """A name whose value is a secret: `password`, `OPENAI_API_KEY`, `client_secret`…"""
 
 _TOKEN = r"[A-Za-z0-9._~+/-]"
-_NA_SEP = (
-    r"(?:\([2-9][0-9]{2}\) ?[0-9]{3}[ .-]|[2-9][0-9]{2}(?:-[0-9]{3}-|\.[0-9]{3}\.| [0-9]{3} ))"
-)
 _SSN_BODY = r"[0-9]{3}(?:-(?!00)[0-9]{2}-(?!0000)| (?!00)[0-9]{2} (?!0000))[0-9]{4}"
 
 RECOGNIZERS: tuple[Recognizer, ...] = (
@@ -163,7 +162,7 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
         pattern=(
             PRIVATE_KEY_BEGIN
             # The body stops at the first END line; with none, the block runs to the end.
-            + r"(?:[^-]|-(?!"
+            + r"(?:[^-]++|-(?!"
             + PRIVATE_KEY_END[1:]
             + r"))*+(?:"
             + PRIVATE_KEY_END
@@ -202,21 +201,23 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
             r"whsec_[A-Za-z0-9+/]{16,4096}={0,2}",  # Standard Webhooks, ours included
         )
     ),
-    Recognizer(
-        entity=Entity.API_KEY,
-        # Anchored on the separator, the name looked for behind it: far faster than
-        # trying every word as the start of a name.
-        pattern=(
-            r"(?<=(?<![A-Za-z0-9])" + _SECRET_WORD + r"[\"'*]{0,2}[ \t]{0,4})[:=][ \t\"'*]{0,6}"
-            r"(?P<v>[^\s\"'`,;&<>\[\](){}]{1,4096})"
-        ),
+    # One per separator: with a literal `:` or `=`, `regex` skips text that has none.
+    *(
+        Recognizer(
+            entity=Entity.API_KEY,
+            pattern=(
+                r"(?<![A-Za-z0-9])"
+                + _SECRET_WORD
+                + r"[\"'*]{0,2}[ \t]{0,4}"
+                + sep
+                + r"[ \t\"'*]{0,6}(?P<v>[^\s\"'`,;&<>\[\](){}]{1,4096})"
+            ),
+        )
+        for sep in (":", "=")
     ),
     Recognizer(
         entity=Entity.EMAIL,
-        pattern=(
-            r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@"
-            r"(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}(?![A-Za-z0-9-])"
-        ),
+        pattern=(r"(?<![\w.%+-])[\w.%+-]{1,64}@(?:[\w-]{1,63}\.){1,8}[^\W\d_]{2,24}(?![\w-])"),
     ),
     Recognizer(
         entity=Entity.US_SSN,
@@ -243,9 +244,21 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
         ),
         validate=_phone_span,
     ),
-    Recognizer(
-        entity=Entity.PHONE,
-        pattern=(r"(?<![A-Za-z0-9_+.-])(?:\+?1[ .-]?)?" + _NA_SEP + r"[0-9]{4}(?![0-9]|[.-][0-9])"),
+    # North American, one per separator for the same reason. The leading lookahead only
+    # names the possible first characters: `regex` then skips text 6 times faster.
+    *(
+        Recognizer(
+            entity=Entity.PHONE,
+            pattern=(
+                r"(?=[+(1-9])(?<![A-Za-z0-9_+.-])(?:\+?1[ .-]?)?" + body + r"(?![0-9]|[.-][0-9])"
+            ),
+        )
+        for body in (
+            r"\([2-9][0-9]{2}\) ?[0-9]{3}[ .-][0-9]{4}",
+            r"[2-9][0-9]{2}-[0-9]{3}-[0-9]{4}",
+            r"[2-9][0-9]{2}\.[0-9]{3}\.[0-9]{4}",
+            r"[2-9][0-9]{2} [0-9]{3} [0-9]{4}",
+        )
     ),
 )
 """Every recognizer; on equal spans the earlier one names the entity."""

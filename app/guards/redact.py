@@ -5,19 +5,16 @@ a value is defined in `app.guards.recognizers`.
 
 A stream must not leak a value cut in two by a chunk boundary, and cannot unsend what it
 has sent, so it holds back the tail that later text could still change and emits only
-the prefix that is settled. To find that tail it searches a probe built from every
-pattern, each one atomic and followed by `(?!)`, with `regex`'s partial matching: the
-probe never matches, so the search reports the leftmost position whose match attempt
-read past the end of the buffer. Every attempt before that position has the same
-outcome whatever follows; if a match found there runs across it, the cut moves back to
-that match's start. Hence, for any split of a text into chunks, the pieces returned by
-`feed` followed by `flush()` join to exactly `redact(text)`, and ordinary prose flows out
-about one word behind.
+the prefix that is settled (`app.guards.scanner` tells where that is): every match
+attempt before the cut has the same outcome whatever follows, and no match runs across
+it. Hence, for any split of a text into chunks, the pieces returned by `feed` followed by
+`flush()` join to exactly `redact(text)`, and ordinary prose flows out about one word
+behind. Only a private key block longer than `HOLD_LIMIT` is treated differently: its
+marker goes out once the limit is reached and the rest of the block is dropped unseen.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,11 +25,10 @@ from app.guards.recognizers import (
     PRIVATE_KEY_BEGIN,
     PRIVATE_KEY_END,
     PRIVATE_KEY_END_MAX,
-    RECOGNIZERS,
     SECRET_NAME,
     Entity,
-    Span,
 )
+from app.guards.scanner import Scanner, marker, render, scanner_for
 
 __all__ = [
     "ALL_ENTITIES",
@@ -50,111 +46,26 @@ ALL_ENTITIES: frozenset[Entity] = frozenset(Entity)
 HOLD_LIMIT = 16 * 1024
 """Characters a stream may hold back; past it the held value is redacted unseen."""
 
-_CONTEXT = LOOKBEHIND + 6  # emitted raw text kept so lookbehinds see across chunks
+_CONTEXT = LOOKBEHIND + 6  # emitted raw text kept, with a margin, for lookbehinds
 _BEGIN = regex.compile(PRIVATE_KEY_BEGIN)
 _END = regex.compile(PRIVATE_KEY_END)
 _SECRET_FIELD = regex.compile(SECRET_NAME)
 
 
-def _marker(entity: Entity) -> str:
-    return f"[{entity}_REDACTED]"
-
-
-@dataclass(frozen=True, slots=True)
-class _Hit:
-    """A pattern match; `value` is the span it replaces, None when its validator refused."""
-
-    start: int
-    end: int
-    value: Span | None
-    rank: int
-    entity: Entity
-
-
-class _Scanner:
-    """The compiled recognizers of one set of entities."""
-
-    def __init__(self, entities: frozenset[Entity]) -> None:
-        chosen = [r for r in RECOGNIZERS if r.entity in entities]
-        self._recognizers = chosen
-        self._patterns = [regex.compile(r.pattern) for r in chosen]
-        bare = [r.pattern.replace("(?P<v>", "(?:") for r in chosen]
-        self._any = regex.compile("|".join(f"(?:{b})" for b in bare))
-        self._probe = regex.compile("(?:" + "|".join(f"(?>{b})" for b in bare) + ")(?!)")
-        self._probes = [regex.compile(f"(?>{b})(?!)") for b in bare]
-
-    def hits(self, text: str, pos: int) -> list[_Hit]:
-        """Every match of every pattern in `text[pos:]`, the end of `text` being final."""
-        found: list[_Hit] = []
-        for rank, (rec, pattern) in enumerate(zip(self._recognizers, self._patterns, strict=True)):
-            for m in pattern.finditer(text, pos):
-                start, end = m.span("v") if "v" in pattern.groupindex else m.span()
-                value: Span | None = (start, end)
-                if rec.validate is not None:
-                    sub = rec.validate(text[start:end])
-                    value = None if sub is None else (start + sub[0], start + sub[1])
-                found.append(_Hit(m.start(), m.end(), value, rank, rec.entity))
-        return found
-
-    def settle(self, text: str, pos: int, probe_from: int) -> tuple[int, int, list[_Hit]]:
-        """Where `text[pos:]` can be cut so that no later text changes the hits before it.
-
-        Returns the cut, where the probe stopped (a later call may probe from there, as
-        every attempt before it is settled) and the hits before the cut.
-        """
-        probe = self._probe.search(text, probe_from, partial=True)
-        unsettled = len(text) if probe is None else probe.start()
-        cut = unsettled
-        first = self._any.search(text, pos)
-        if first is None or first.start() >= cut:
-            return cut, unsettled, []
-        hits = [h for h in self.hits(text, pos) if h.start < cut]
-        while crossing := [h.start for h in hits if h.end > cut]:
-            cut = min(crossing)
-            hits = [h for h in hits if h.start < cut]
-        return cut, unsettled, hits
-
-    def blocker(self, text: str, at: int) -> Entity:
-        """The entity whose match, complete or not, starts at `at`."""
-        for rec, pattern, probe in zip(
-            self._recognizers, self._patterns, self._probes, strict=True
-        ):
-            if pattern.match(text, at) or probe.match(text, at, partial=True):
-                return rec.entity
-        return self._recognizers[0].entity
-
-
-@functools.cache
-def _scanner(entities: frozenset[Entity]) -> _Scanner | None:
-    return _Scanner(entities) if entities else None
-
-
-def _render(text: str, start: int, end: int, hits: list[_Hit]) -> str:
-    # Where values overlap, the one starting first wins, then the longer, then the
-    # earlier recognizer; the same rule whole or streamed keeps both outputs equal.
-    chosen = sorted((h.value, h.rank, h.entity) for h in hits if h.value is not None)
-    chosen.sort(key=lambda c: (c[0][0], -c[0][1], c[1]))
-    parts: list[str] = []
-    at = start
-    for (value_start, value_end), _, entity in chosen:
-        if value_start < at:
-            continue
-        parts += (text[at:value_start], _marker(entity))
-        at = value_end
-    parts.append(text[at:end])
-    return "".join(parts)
-
-
 class StreamRedactor:
     """Redacts one stream of chunks; get one from `Redactor.stream()`."""
 
-    def __init__(self, scanner: _Scanner | None) -> None:
+    def __init__(self, scanner: Scanner | None) -> None:
         self._scanner = scanner
         self._text = ""
         """Raw text: a little already emitted (for lookbehinds), then the held tail."""
         self._held_from = 0
-        self._probe_from = 0
-        """Every match attempt before this index of `_text` is settled."""
+        self._scanned = 0
+        self._open: dict[int, int] = {}
+        """Attempts (pattern rank: index in `_text`) that were open when `_text` was
+        probed up to `_scanned`; every other attempt before it is settled."""
+        self._blocking: int | None = None
+        """A pattern whose attempt at the cut was still open at the last full settle."""
         self._in_key = False
         """Inside a private key block too long to hold, already replaced by its marker."""
 
@@ -165,19 +76,29 @@ class StreamRedactor:
         self._text += chunk
         if self._in_key:
             return self._skip_key()
-        cut, self._probe_from, hits = self._scanner.settle(
-            self._text, self._held_from, max(self._held_from, self._probe_from)
+        # The cheap case, most chunks of prose: while that attempt is still open nothing
+        # can go out, whatever the other patterns say, so they are left for later.
+        if (
+            self._blocking is not None
+            and self.held <= HOLD_LIMIT
+            and self._scanner.is_open(self._text, self._blocking, self._held_from)
+        ):
+            return ""
+        cut, self._open, hits = self._scanner.settle(
+            self._text, self._held_from, self._scanned, self._open
         )
-        out = _render(self._text, self._held_from, cut, hits)
+        self._scanned = len(self._text)
+        self._blocking = next((rank for rank, at in self._open.items() if at == cut), None)
+        out = render(self._text, self._held_from, cut, hits)
         if len(self._text) - cut <= HOLD_LIMIT:
             self._advance(cut)
             return out
         # Fail safe: what is held is too long to keep, so it goes out as a marker unseen.
         entity = self._scanner.blocker(self._text, cut)
-        out += _marker(entity)
+        out += marker(entity)
         if entity is Entity.PRIVATE_KEY:
             begin = _BEGIN.match(self._text, cut)
-            self._in_key = True
+            self._in_key, self._blocking = True, None
             self._advance(cut if begin is None else begin.end())
             return out + self._skip_key()
         self._advance(len(self._text))
@@ -194,15 +115,17 @@ class StreamRedactor:
             out = ""
         else:
             hits = self._scanner.hits(self._text, self._held_from)
-            out = _render(self._text, self._held_from, len(self._text), hits)
-        self._text, self._held_from, self._probe_from, self._in_key = "", 0, 0, False
+            out = render(self._text, self._held_from, len(self._text), hits)
+        self._text, self._held_from, self._in_key, self._blocking = "", 0, False, None
+        self._scanned, self._open = 0, {}
         return out
 
     def _advance(self, cut: int) -> None:
         start = max(0, cut - _CONTEXT)
         self._text = self._text[start:]
         self._held_from = cut - start
-        self._probe_from = max(self._probe_from - start, self._held_from)
+        self._scanned = max(self._scanned - start, self._held_from)
+        self._open = {rank: max(at - start, self._held_from) for rank, at in self._open.items()}
 
     def _skip_key(self) -> str:
         end = _END.search(self._text, self._held_from)
@@ -211,6 +134,7 @@ class StreamRedactor:
             return ""
         self._in_key = False
         self._advance(end.end())
+        self._scanned, self._open = self._held_from, {}
         return self.feed("")
 
 
@@ -226,10 +150,10 @@ class Redactor:
 
         An unterminated private key block is redacted to the end of the text.
         """
-        scanner = _scanner(self.entities)
+        scanner = scanner_for(self.entities)
         if scanner is None:
             return text
-        return _render(text, 0, len(text), scanner.hits(text, 0))
+        return render(text, 0, len(text), scanner.hits(text, 0))
 
     def redact_json(self, value: object) -> object:
         """A deep copy of a JSON-like value with every string value redacted.
@@ -249,7 +173,7 @@ class Redactor:
 
     def stream(self) -> StreamRedactor:
         """A new redactor for one stream of chunks."""
-        return StreamRedactor(_scanner(self.entities))
+        return StreamRedactor(scanner_for(self.entities))
 
     def _redact_field(self, key: object, value: object) -> object:
         secret = (
@@ -259,7 +183,7 @@ class Redactor:
             and value != ""
             and _SECRET_FIELD.fullmatch(key) is not None
         )
-        return _marker(Entity.API_KEY) if secret else self.redact_json(value)
+        return marker(Entity.API_KEY) if secret else self.redact_json(value)
 
 
 NO_REDACTION = Redactor(entities=frozenset())
