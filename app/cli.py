@@ -1,4 +1,4 @@
-"""`agentsvc serve | migrate | keys create`."""
+"""`agentsvc serve | worker | migrate | keys create | budgets set|clear`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from app.settings import Role, Settings
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Run LLM agents in production.")
 keys = typer.Typer(no_args_is_help=True, help="Manage API keys.")
 cli.add_typer(keys, name="keys")
+budgets = typer.Typer(no_args_is_help=True, help="Manage per-user token budgets.")
+cli.add_typer(budgets, name="budgets")
 
 
 def _settings() -> Settings:
@@ -33,24 +35,28 @@ def serve(
     """Start the API (migrating a SQLite database first)."""
     import uvicorn
 
-    from app.main import create_app
-    from app.store.migrate import upgrade
+    from app.observability.multiprocess import host_metrics
 
     settings = _settings()
-    if settings.is_sqlite:
-        upgrade(settings.database_url)
     count = processes or settings.web_processes
-    options: dict[str, object] = {
-        "host": host or settings.host,
-        "port": port or settings.port,
-        "log_level": settings.log_level,
-        "proxy_headers": True,
-    }
-    if count > 1:
-        # Several processes import the app by name; each reads the same environment.
-        uvicorn.run("app.asgi:app_from_environment", factory=True, workers=count, **options)  # type: ignore[arg-type]
-    else:
-        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+    # Before the app is imported: prometheus_client picks its storage on import.
+    with host_metrics(settings, processes=count) as settings:
+        from app.main import create_app
+        from app.store.migrate import upgrade
+
+        if settings.is_sqlite:
+            upgrade(settings.database_url)
+        options: dict[str, object] = {
+            "host": host or settings.host,
+            "port": port or settings.port,
+            "log_level": settings.log_level,
+            "proxy_headers": True,
+        }
+        if count > 1:
+            # Several processes import the app by name; each reads the same environment.
+            uvicorn.run("app.asgi:app_from_environment", factory=True, workers=count, **options)  # type: ignore[arg-type]
+        else:
+            uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
 
 
 @cli.command()
@@ -60,12 +66,18 @@ def worker(
     ] = None,
 ) -> None:
     """Run queued runs until SIGTERM, then hand unfinished runs back to the queue."""
-    settings = _settings()
-    if settings.is_sqlite:
-        from app.store.migrate import upgrade
+    from app.observability.multiprocess import host_metrics
 
-        upgrade(settings.database_url)
-    asyncio.run(_work(settings, concurrency or settings.worker_concurrency))
+    settings = _settings()
+    with host_metrics(settings, processes=1) as settings:
+        from app.observability.export import metrics_server
+
+        if settings.is_sqlite:
+            from app.store.migrate import upgrade
+
+            upgrade(settings.database_url)
+        with metrics_server(settings):
+            asyncio.run(_work(settings, concurrency or settings.worker_concurrency))
 
 
 async def _work(settings: Settings, capacity: int) -> None:
@@ -123,6 +135,53 @@ def create_key(
 
         upgrade(settings.database_url)
     typer.echo(asyncio.run(create()))
+
+
+@budgets.command("set")
+def set_budget(
+    user: Annotated[str, typer.Option(help="The user whose budget this is")],
+    tokens: Annotated[
+        int | None, typer.Option(min=0, help="Tokens per budget window (0: no LLM call)")
+    ] = None,
+    unlimited: Annotated[bool, typer.Option(help="No budget for this user")] = False,
+) -> None:
+    """Give a user their own token budget per window (every replica applies it within 5 s)."""
+    if (tokens is None) == (not unlimited):
+        raise typer.BadParameter("give either --tokens N or --unlimited")
+    _edit_budget(user, tokens, clear=False)
+    typer.echo(f"{user}: {'unlimited' if tokens is None else tokens} tokens per window")
+
+
+@budgets.command("clear")
+def clear_budget(user: Annotated[str, typer.Option(help="The user")]) -> None:
+    """Put a user back on AGENTSVC_DEFAULT_TOKEN_BUDGET."""
+    _edit_budget(user, None, clear=True)
+    typer.echo(f"{user}: default budget")
+
+
+def _edit_budget(user: str, tokens: int | None, *, clear: bool) -> None:
+    from app.services.budgets import set_override
+    from app.store import budgets as budget_store
+    from app.store.db import Database, create_engine
+
+    settings = _settings()
+    if settings.is_sqlite:
+        from app.store.migrate import upgrade
+
+        upgrade(settings.database_url)
+
+    async def edit() -> None:
+        db = Database(create_engine(settings.database_url, pool_size=1))
+        try:
+            if not clear:
+                await set_override(db, user, tokens, by="cli")
+                return
+            async with db.transaction() as conn:
+                await budget_store.delete_override(conn, user)
+        finally:
+            await db.dispose()
+
+    asyncio.run(edit())
 
 
 def main() -> None:

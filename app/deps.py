@@ -33,6 +33,8 @@ async def get_principal(
     principal = await services.auth.authenticate(credentials.credentials)
     if principal is None:
         raise Unauthorized("invalid API key", headers=challenge)
+    # Every authenticated request counts against its key's rate limit (429 beyond it).
+    await services.rate_limit.check(principal)
     return principal
 
 

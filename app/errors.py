@@ -7,6 +7,8 @@ AppError
 ├── NotFound           404 not_found (also for another user's resource)
 ├── Conflict           409 conflict
 ├── PayloadTooLarge    413 payload_too_large
+├── TooManyRequests    429 rate_limited (with Retry-After)
+│   └── OverBudget     429 budget_exceeded (with Retry-After: the budget window's reset)
 └── ServiceUnavailable 503 service_unavailable
 """
 
@@ -67,6 +69,18 @@ class Conflict(AppError):
 class PayloadTooLarge(AppError):
     status = 413
     type = "payload_too_large"
+
+
+class TooManyRequests(AppError):
+    status = 429
+    type = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class OverBudget(TooManyRequests):
+    type = "budget_exceeded"
 
 
 class ServiceUnavailable(AppError):

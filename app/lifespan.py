@@ -17,9 +17,12 @@ from fastapi import FastAPI
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from app.agents.registry import AgentRegistry, build_registry
 from app.bus.events import EventBus, InProcessBus
+from app.bus.ratelimit import build_rate_limiter
 from app.bus.redis_events import RedisBus
 from app.bus.wakeups import Wakeups
 from app.jobs.executor import RunExecutor, Runtime
@@ -28,7 +31,9 @@ from app.jobs.webhook_delivery import RetrySchedule
 from app.jobs.webhooks import WebhookDispatcher
 from app.jobs.worker import Worker
 from app.llm.providers import Providers, build_providers
+from app.observability.multiprocess import check_sharing
 from app.services.auth import Authenticator
+from app.services.ratelimit import RateLimit
 from app.services.streams import StreamHub, StreamTokens
 from app.settings import DEFAULT_SECRET, Settings
 from app.store.db import Database, create_engine
@@ -51,6 +56,8 @@ class Services:
     worker: Worker | None
     streams: StreamHub
     stream_tokens: StreamTokens
+    rate_limit: RateLimit
+    """Requests per minute per API key, checked with the key."""
 
 
 def process_owner() -> str:
@@ -63,6 +70,9 @@ def validate_models(registry: AgentRegistry, providers: Providers, default_model
     for agent in registry.agents.values():
         for version in agent.versions:
             providers.resolve(version.model or default_model)
+            policy = version.model_policy
+            for model in () if policy is None else (policy.simple, policy.medium, policy.complex):
+                providers.resolve(model)
 
 
 def shared_http_client(*, timeout_s: float) -> httpx.AsyncClient:
@@ -78,13 +88,18 @@ def shared_http_client(*, timeout_s: float) -> httpx.AsyncClient:
 
 
 def build_redis(settings: Settings) -> Redis | None:
-    """The process's Redis client, when configured: every call has a short timeout, so a
-    Redis that stops answering costs each caller at most that (its policy then applies)."""
+    """The process's Redis client, when configured: every call has a short timeout and one
+    immediate retry (a pooled connection may be stale after a Redis restart), so a Redis that
+    stops answering costs each caller at most twice the timeout (its policy then applies).
+    redis-py's default would retry ten times with backoff: seconds per call."""
     if settings.redis_url is None:
         return None
     timeout = settings.redis_timeout_s
     return Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
     )
 
 
@@ -130,6 +145,7 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
     `worker_capacity` > 0); on exit hand held runs back and close in reverse order."""
     if settings.secret_key.get_secret_value() == DEFAULT_SECRET and not settings.is_sqlite:
         log.warning("AGENTSVC_SECRET_KEY is the development default; set your own")
+    check_sharing(settings.metrics_dir)
     async with contextlib.AsyncExitStack() as stack:
         db = Database(create_engine(settings.database_url, pool_size=settings.db_pool_size))
         stack.push_async_callback(db.dispose)
@@ -202,6 +218,10 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
             streams=streams,
             stream_tokens=StreamTokens(
                 settings.secret_key.get_secret_value(), ttl_s=settings.stream_token_ttl_s
+            ),
+            rate_limit=RateLimit(
+                build_rate_limiter(redis, timeout_s=settings.redis_timeout_s),
+                per_minute=settings.rate_limit_per_minute,
             ),
         )
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import approvals, jobs, ops, sessions, stream, sync
+from app.api import admin, approvals, jobs, ops, sessions, stream, sync, usage
 from app.api.limits import BodySizeLimit
 from app.api.schemas import Problem
-from app.errors import install_error_handlers
+from app.errors import TooManyRequests, install_error_handlers, problem_responses
 from app.lifespan import make_lifespan
 from app.settings import Settings
 
@@ -28,9 +28,12 @@ def create_app(settings: Settings) -> FastAPI:
         stream.router,
         sessions.router,
         approvals.router,
-        ops.router,
+        usage.router,
+        admin.router,
     ):
-        app.include_router(router)
+        # Every authenticated route may answer 429 (rate limit; budget on new runs).
+        app.include_router(router, responses=problem_responses(TooManyRequests))
+    app.include_router(ops.router)
     _document_problem(app)
     return app
 

@@ -33,6 +33,26 @@ class Settings(BaseSettings):
     anthropic_base_url: str = "https://api.anthropic.com"
     anthropic_api_key: SecretStr | None = None
     llm_timeout_s: float = Field(default=60.0, gt=0)
+    """One attempt of one LLM call (each retry and each fallback link has its own)."""
+    llm_retry_attempts: int = Field(default=3, ge=1)
+    """Attempts per LLM call and model, the first included (1: no retry)."""
+    llm_retry_max_s: float = Field(default=30.0, ge=0)
+    """No LLM retry starts once the time since the first attempt plus its wait reaches this."""
+    retry_wait_initial_s: float = Field(default=0.5, ge=0)
+    """Retry n waits a random time up to this × 2^(n-1) (full jitter), or `Retry-After`."""
+    retry_wait_max_s: float = Field(default=10.0, ge=0)
+    """Longest wait before one retry; a longer `Retry-After` ends the retries at once."""
+    tool_retry_attempts: int = Field(default=2, ge=1)
+    """Attempts of an idempotent tool call that raised ToolUnavailable, within its timeout."""
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    """Failures of a model or tool within `breaker_window_s` that open its circuit breaker."""
+    breaker_window_s: float = Field(default=60.0, gt=0)
+    """The sliding window, in seconds, in which a breaker counts failures."""
+    breaker_cooldown_s: float = Field(default=30.0, ge=0)
+    """An open breaker refuses calls this long after its last failure, then lets a probe
+    through (0: at once)."""
+    breaker_half_open_probes: int = Field(default=1, ge=1)
+    """Calls a half-open breaker lets through at once; the first result closes or reopens it."""
 
     agents_module: str | None = None
     sandbox_dir: Path = Path("./sandbox")
@@ -63,6 +83,8 @@ class Settings(BaseSettings):
     """Redis for the live event bus (and, later, budgets and caches); None: in-process."""
     redis_timeout_s: float = Field(default=0.1, gt=0, le=10)
     """Connect and socket timeout of every Redis call except the live subscription."""
+    prompt_cache_ttl_s: float = Field(default=3600.0, ge=0)
+    """Seconds a deterministic LLM answer stays in the prompt cache; 0 turns it off."""
 
     stream_ping_s: float = Field(default=15.0, gt=0, le=300)
     """An SSE comment ping this often keeps proxies from closing idle streams."""
@@ -80,11 +102,34 @@ class Settings(BaseSettings):
     sync_timeout_s: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
+    default_token_budget: int | None = Field(default=None, ge=0)
+    """Tokens (input + output) each user may use per budget window; None: unlimited (usage is
+    still counted), 0: none. `PUT /agent/admin/budgets/{user}` overrides it per user."""
+    budget_window_s: int = Field(default=86400, ge=60)
+    """Length of a budget window in seconds, aligned on the Unix epoch (daily: 00:00 UTC)."""
+    budget_fail_policy: Literal["closed", "open"] = "closed"
+    """When Redis does not answer: `closed` refuses LLM calls and new requests of users with
+    a budget; `open` lets them through uncounted."""
+    max_run_tokens: int | None = Field(default=None, ge=0)
+    """Tokens one run may use; None: no cap. Agent versions may set a lower cap."""
+    max_run_cost_usd: float | None = Field(default=None, ge=0)
+    """USD one run may cost; None: no cap. Agent versions may set a lower cap."""
+    rate_limit_per_minute: int | None = Field(default=None, ge=0)
+    """Requests per minute per API key (at most that many at once, refilled continuously);
+    None: no limit, 0: every request refused."""
+
     web_processes: int = Field(default=1, ge=1, le=64)
     """API processes `serve` starts (each with its own embedded workers)."""
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+
+    metrics_dir: Path | None = None
+    """Directory where this host's `agentsvc serve` and `agentsvc worker` processes share
+    their metrics, so /metrics of any of them counts all; empty it before the first process
+    starts. None: each process its own (`serve --processes N` then uses a temporary one)."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """`agentsvc worker` serves /metrics on this port (at AGENTSVC_HOST); None: it does not."""
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -1,22 +1,31 @@
-"""Health, readiness, the agent catalogue and run traces."""
+"""Health, readiness, metrics, the agent catalogue and run traces."""
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.api.schemas import (
     AgentCatalog,
     AgentRead,
     AgentVersionRead,
     LLMCallRead,
+    RoutingRead,
     ToolCallRead,
     ToolRead,
     TraceRead,
 )
 from app.deps import PrincipalDep, ServicesDep
-from app.errors import NotFound, ServiceUnavailable, Unauthorized, problem_responses
+from app.errors import (
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    problem_responses,
+)
+from app.guards.limits import lowest
+from app.observability.export import metrics_registry, render_metrics
 from app.services import runs
 
 router = APIRouter()
@@ -41,14 +50,29 @@ async def readyz(services: ServicesDep) -> dict[str, str]:
 
 
 @router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics: this process's, or every process's of the host that shares its
+    metrics directory (AGENTSVC_METRICS_DIR)."""
+    registry = metrics_registry(services.settings.metrics_dir)
+    body, content_type = await render_metrics(registry)
+    return Response(body, media_type=content_type)
+
+
+@router.get(
     "/agent/agents",
     tags=["agents"],
     response_model=AgentCatalog,
-    responses=problem_responses(Unauthorized),
+    responses=problem_responses(Unauthorized, TooManyRequests),
 )
 async def list_agents(_: PrincipalDep, services: ServicesDep) -> AgentCatalog:
     """Agents, their versions, and the tools each may call with risk and JSON schema."""
     registry = services.registry
+    settings = services.settings
     agents = []
     for agent in registry.agents.values():
         names = sorted({t for v in agent.versions for t in v.tools})
@@ -68,6 +92,8 @@ async def list_agents(_: PrincipalDep, services: ServicesDep) -> AgentCatalog:
                         temperature=v.temperature,
                         max_output_tokens=v.max_output_tokens,
                         redact=sorted(v.redact),
+                        max_run_tokens=lowest(v.max_run_tokens, settings.max_run_tokens),
+                        max_run_cost_usd=lowest(v.max_run_cost_usd, settings.max_run_cost_usd),
                     )
                     for v in agent.versions
                 ],
@@ -92,13 +118,14 @@ async def list_agents(_: PrincipalDep, services: ServicesDep) -> AgentCatalog:
     "/agent/runs/{job_id}/trace",
     tags=["runs"],
     response_model=TraceRead,
-    responses=problem_responses(NotFound, Unauthorized),
+    responses=problem_responses(NotFound, Unauthorized, TooManyRequests),
 )
 async def get_trace(job_id: str, principal: PrincipalDep, services: ServicesDep) -> TraceRead:
     """Every LLM call (prompt, response, tokens, cost) and tool call of a run."""
     run, trace = await runs.get_trace(services.executor, principal, runs.parse_id(job_id))
     return TraceRead(
         job_id=str(run.id),
+        routing=RoutingRead.from_run(run),
         llm_calls=[LLMCallRead.model_validate(c) for c in trace.llm_calls],
         tool_calls=[ToolCallRead.model_validate(c) for c in trace.tool_calls],
     )

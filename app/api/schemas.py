@@ -13,6 +13,7 @@ from app.store.webhooks import Delivery
 
 if TYPE_CHECKING:
     from app.services.sessions import SessionLog
+    from app.store.runs import RunRecord
     from app.store.sessions import SessionRecord
     from app.store.views import RunView
 
@@ -138,6 +139,20 @@ class RunResult(BaseModel):
     output: str
 
 
+class RoutingRead(BaseModel):
+    """How the agent's model policy chose the run's model."""
+
+    tier: Literal["simple", "medium", "complex"]
+    reason: str | None
+
+    @classmethod
+    def from_run(cls, run: RunRecord) -> RoutingRead | None:
+        """None when no policy chose (the version's or the default model)."""
+        if run.model_tier is None:
+            return None
+        return cls(tier=run.model_tier, reason=run.model_reason)  # type: ignore[arg-type]
+
+
 class RunRead(BaseModel):
     """The one answer shape of every pattern."""
 
@@ -145,6 +160,8 @@ class RunRead(BaseModel):
     agent: str
     agent_version: str
     model: str
+    routing: RoutingRead | None = None
+    """Set when the agent's model policy chose `model` by the task's complexity."""
     session_id: str | None
     status: RunStatus
     result: RunResult | None
@@ -168,6 +185,7 @@ class RunRead(BaseModel):
             agent=run.agent,
             agent_version=run.agent_version,
             model=run.model,
+            routing=RoutingRead.from_run(run),
             session_id=None if run.session_id is None else str(run.session_id),
             status=run.status,  # type: ignore[arg-type]
             result=RunResult.model_validate(run.result) if run.result else None,
@@ -310,6 +328,8 @@ class ToolCallRead(BaseModel):
 
 class TraceRead(BaseModel):
     job_id: str
+    routing: RoutingRead | None = None
+    """How the run's model was chosen, when the agent's model policy chose it."""
     llm_calls: list[LLMCallRead]
     tool_calls: list[ToolCallRead]
 
@@ -334,6 +354,10 @@ class AgentVersionRead(BaseModel):
     max_output_tokens: int | None
     redact: list[str]
     """Entities the output filter removes from what users see of its runs."""
+    max_run_tokens: int | None = None
+    """The per-run token cap that applies (the agent's or the service's, the lower)."""
+    max_run_cost_usd: float | None = None
+    """The per-run cost cap that applies (the agent's or the service's, the lower)."""
 
 
 class AgentRead(BaseModel):

@@ -13,19 +13,25 @@ from redis.asyncio import Redis
 
 from app.agents.definition import AgentVersion
 from app.agents.registry import AgentRegistry, UnknownAgent
+from app.bus.cache import build_response_store
 from app.bus.events import EventBus
 from app.bus.wakeups import Wakeups
-from app.guards.limits import RunLimits
+from app.guards.limits import RunLimits, lowest
 from app.guards.redact import Redactor
+from app.jobs.resilience import Resilience, build_breakers, call_timeout_s
 from app.jobs.waiting import wait_any
 from app.jobs.webhooks import render_webhook
+from app.llm.budgeted import BudgetedModel
+from app.llm.cache import CachedModel, cache_scope
 from app.llm.providers import Providers
 from app.llm.types import ModelClient
+from app.observability.metrics import RUNS_IN_FLIGHT
 from app.runner.errors import LeaseLost
 from app.runner.events import EventType, RunEvent
 from app.runner.loop import GuardedRunner, RunSpec
 from app.runner.protocols import ApprovalDecision, Failed, Step
 from app.runner.state import Checkpoint
+from app.services.budgets import BudgetKeeper
 from app.settings import Settings
 from app.store import approvals
 from app.store.db import Database
@@ -75,7 +81,11 @@ def build_spec(
         model=model,
         tools=frozenset(version.tools),
         limits=RunLimits(
-            max_turns=max_turns, timeout_s=timeout_s, llm_timeout_s=rt.settings.llm_timeout_s
+            max_turns=max_turns,
+            timeout_s=timeout_s,
+            llm_timeout_s=call_timeout_s(rt.settings, version),
+            max_run_tokens=lowest(version.max_run_tokens, rt.settings.max_run_tokens),
+            max_run_cost_usd=lowest(version.max_run_cost_usd, rt.settings.max_run_cost_usd),
         ),
         temperature=version.temperature,
         max_output_tokens=version.max_output_tokens,
@@ -99,6 +109,17 @@ class RunExecutor:
         self.owner = owner
         self._held: dict[str, _Held] = {}
         self.slot_freed = asyncio.Event()
+        self._responses = build_response_store(rt.redis)
+        """The prompt cache's answers (this process's own without Redis)."""
+        self.budgets = BudgetKeeper.from_settings(rt.settings, rt.db, rt.redis)
+        """Token budgets: reservations around every LLM call, usage, overrides."""
+        self.resilience = Resilience(
+            rt.settings,
+            providers=rt.providers,
+            registry=rt.registry,
+            breakers=build_breakers(rt.settings, rt.redis),
+        )
+        """Retries, circuit breakers (shared through Redis), fallback chains, guarded tools."""
         rt.wakeups.on_cancel(self.request_cancel)
 
     @property
@@ -118,11 +139,13 @@ class RunExecutor:
         """Drive the run from `checkpoint`; this process must hold its lease at `attempt`.
         The task ends with the run as its last commit left it (None if it could not write)."""
         client = self.model_for(spec, user_id=user_id)
-        store = self._store(spec.run_id, user_id, attempt, webhook_url)
+        store = self._store(
+            spec.run_id, user_id, attempt, webhook_url, agent=spec.agent, tools=spec.tools
+        )
         runner = GuardedRunner(
             spec,
             model=client,
-            tools=self.rt.registry.tools,
+            tools=self.resilience.tools,
             tool_context=self.rt.tool_context,
             store=store,
             sink=self.rt.bus,
@@ -130,13 +153,34 @@ class RunExecutor:
         )
         task = asyncio.create_task(self._drive(runner, store, checkpoint, spec.run_id))
         self._held[spec.run_id] = _Held(runner, task, attempt)
+        RUNS_IN_FLIGHT.inc()
         task.add_done_callback(lambda _: self._release(spec.run_id))
         return task
 
     def model_for(self, spec: RunSpec, *, user_id: str) -> ModelClient:
         """The model client one run calls: the provider, wrapped in the guards that sit
         around every LLM call (the one place they are composed, outermost first)."""
-        client, _ = self.rt.providers.resolve(f"{spec.provider}/{spec.model}")
+        # Resilience, innermost: fallback chain → circuit breaker → retries → provider.
+        client = self.resilience.model_client(spec)
+        # Budget: reserve the call's worst case from the user's budget, settle to its usage.
+        client = BudgetedModel(
+            client,
+            user_id=user_id,
+            budgets=self.budgets,
+            call_timeout_s=spec.limits.llm_timeout_s,
+        )
+        # Prompt cache, outermost: a hit reaches neither the budget nor the provider.
+        client = self._cached(client, spec, user_id=user_id)
+        return client
+
+    def _cached(self, client: ModelClient, spec: RunSpec, *, user_id: str) -> ModelClient:
+        """`client` behind the prompt cache, when the run's agent version caches."""
+        with contextlib.suppress(UnknownAgent):
+            _, version = self.rt.registry.resolve(spec.agent, spec.agent_version)
+            ttl_s = self.rt.settings.prompt_cache_ttl_s
+            scope = cache_scope(version, agent=spec.agent, user_id=user_id, default_ttl_s=ttl_s)
+            if scope is not None:
+                return CachedModel(client, self._responses, scope=scope)
         return client
 
     async def start_claimed(self, run: RunRecord) -> None:
@@ -187,13 +231,22 @@ class RunExecutor:
         return 0 if last is None else last + 1
 
     def _store(
-        self, run_id: str, user_id: str, attempt: int, webhook_url: str | None
+        self,
+        run_id: str,
+        user_id: str,
+        attempt: int,
+        webhook_url: str | None,
+        *,
+        agent: str,
+        tools: frozenset[str] = frozenset(),
     ) -> SqlRunStore:
         """The run's writes, fenced by this process's lease at `attempt`."""
         return SqlRunStore(
             self.rt.db,
             run_id=run_id,
             user_id=user_id,
+            agent=agent,
+            allowed_tools=tools,
             owner=self.owner,
             attempt=attempt,
             webhook_url=webhook_url,
@@ -202,7 +255,7 @@ class RunExecutor:
         )
 
     async def _fail_unrunnable(self, run: RunRecord, cp: Checkpoint, message: str) -> None:
-        store = self._store(str(run.id), run.user_id, run.attempt, run.webhook_url)
+        store = self._store(str(run.id), run.user_id, run.attempt, run.webhook_url, agent=run.agent)
         error = {"type": "validation_error", "message": message}
         event = RunEvent(str(run.id), cp.next_seq, EventType.RUN_FAILED, {"error": error})
         cp.next_seq += 1
@@ -213,6 +266,7 @@ class RunExecutor:
 
     def _release(self, run_id: str) -> None:
         self._held.pop(run_id, None)
+        RUNS_IN_FLIGHT.dec()  # once per task, as `start` counted it
         self.slot_freed.set()
 
     async def _drive(

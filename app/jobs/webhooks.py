@@ -11,6 +11,7 @@ import httpx
 
 from app.api.schemas import RunRead
 from app.jobs.webhook_delivery import RetrySchedule, render_body, send_webhook
+from app.observability.metrics import WEBHOOK_DELIVERIES
 from app.store import webhooks
 from app.store.db import Database
 from app.store.views import RunView
@@ -80,6 +81,7 @@ class WebhookDispatcher:
             )
             status = "failed" if delay is None else "pending"
             next_at = None if delay is None else now + timedelta(seconds=delay)
+        WEBHOOK_DELIVERIES.labels("retry" if status == "pending" else status).inc()
         if not result.ok:
             log.info("webhook %s attempt %d failed: %s", delivery.id, attempts, result.error)
         async with self._db.transaction() as conn:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from app.jobs.executor import RunExecutor
 from app.jobs.waiting import wait_any
 from app.jobs.webhooks import WebhookDispatcher, render_webhook
+from app.observability.recording import observe_claims, observe_queue
 from app.services import approvals as approval_service
 from app.store import queue
 
@@ -46,14 +47,16 @@ class Worker:
         if free <= 0:
             return False
         settings = self._rt.settings
+        now = datetime.now(UTC)
         async with self._rt.db.transaction() as conn:
             claimed = await queue.claim_runs(
                 conn,
                 owner=self._executor.owner,
                 lease_s=settings.lease_seconds,
                 limit=free,
-                now=datetime.now(UTC),
+                now=now,
             )
+        observe_claims(claimed, now=now)
         for run in claimed:
             await self._executor.start_claimed(run)
         return len(claimed) == free
@@ -77,7 +80,8 @@ class Worker:
                 await wait_any(poll_s, ready, self.stopping)
 
     async def maintain_once(self) -> None:
-        """Re-queue runs whose worker died, end those that died too often, expire approvals."""
+        """Re-queue runs whose worker died, end those that died too often, expire approvals;
+        count the queue for the metrics."""
         settings = self._rt.settings
         async with self._rt.db.transaction() as conn:
             requeued = await queue.reap_expired(
@@ -92,6 +96,9 @@ class Worker:
             log.warning("re-queued %d runs whose worker stopped renewing its lease", len(requeued))
             self._rt.wakeups.ready()
         await approval_service.expire_due(self._rt)
+        async with self._rt.db.read() as conn:
+            depth, oldest = await queue.pending_summary(conn)
+        observe_queue(depth, oldest, now=datetime.now(UTC))
 
     async def _maintenance_loop(self) -> None:
         interval = min(self._rt.settings.lease_seconds / 3, 5.0)

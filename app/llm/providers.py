@@ -10,6 +10,7 @@ from app.llm.anthropic import AnthropicProvider
 from app.llm.local import LocalProvider
 from app.llm.openai import OpenAIProvider
 from app.llm.types import ModelClient
+from app.observability.timing import FirstTokenTimer
 
 
 class UnknownModel(ValueError):
@@ -68,4 +69,5 @@ def build_providers(
             api_key=anthropic_api_key,
             timeout_s=timeout_s,
         )
-    return Providers(clients)
+    # Time to first token is measured here, around each provider call.
+    return Providers({name: FirstTokenTimer(client) for name, client in clients.items()})

@@ -3,6 +3,13 @@
 Labels never name a user, a run or a session: cardinality stays bounded by agents,
 models, tools and outcomes. Under several processes (`serve --processes`, workers on one
 host) prometheus_client's multiprocess mode aggregates them (see `app.observability.export`).
+Gauges that describe shared state take the most recent value any live process recorded;
+a dead process's gauges are dropped (its counters and histograms stay in the totals).
+
+What records what: `app.observability.recording` (runs, LLM and tool calls, overhead,
+claims, queue), called from the run store's commit, the queue and the worker; the
+executor (in-flight runs), the providers (time to first token, `timing.py`), webhook
+delivery, and the cost, cache and resilience guards (their own counters).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ RUN_ERRORS = Counter(
 )
 RUN_DURATION = Histogram(
     "agentsvc_run_duration_seconds",
-    "Wall time from creation to end of a run",
+    "Wall time from creation to end of a run (time queued and waiting for approvals included)",
     ["agent", "status"],
     buckets=LATENCY_BUCKETS,
 )
@@ -34,28 +41,39 @@ RUN_COST = Histogram(
 )
 SESSION_COST = Histogram(
     "agentsvc_session_cost_usd",
-    "Cost of a session so far, observed after each of its runs",
+    "Cost of a session so far, observed when each of its runs ends (a run outside a session"
+    " is a session of its own)",
     ["agent"],
     buckets=COST_BUCKETS,
 )
+SESSIONS = Counter(
+    "agentsvc_sessions",
+    "Sessions begun, counted when their first run ends (a run outside a session is a"
+    " session of its own); average cost per session = run cost sum / sessions",
+    ["agent"],
+)
 RUNS_IN_FLIGHT = Gauge(
-    "agentsvc_runs_in_flight", "Runs this process drives now", multiprocess_mode="livesum"
+    "agentsvc_runs_in_flight",
+    "Runs being driven now (summed over the host's live processes)",
+    multiprocess_mode="livesum",
 )
 OVERHEAD = Histogram(
     "agentsvc_overhead_seconds",
-    "Service time of a run step minus the time spent waiting on the model",
+    "Service time of a run step (from the previous commit to this one) minus the time spent"
+    " waiting on the model call or the tool call it made",
     buckets=FAST_BUCKETS,
 )
 
 # LLM calls
 LLM_CALLS = Counter(
     "agentsvc_llm_calls",
-    "LLM calls by provider, model and outcome (ok, error, cache_hit)",
+    "LLM calls by provider, model and outcome (ok, error, cancelled, cache_hit)",
     ["provider", "model", "outcome"],
 )
 LLM_TOKENS = Counter(
     "agentsvc_llm_tokens",
-    "Tokens by provider, model and kind (input, output, cached)",
+    "Tokens the provider reported, by provider, model and kind (input, output, cached);"
+    " cache hits are not counted",
     ["provider", "model", "kind"],
 )
 LLM_COST = Counter(
@@ -65,13 +83,14 @@ LLM_COST = Counter(
 )
 LLM_LATENCY = Histogram(
     "agentsvc_llm_latency_seconds",
-    "LLM call latency",
+    "LLM call latency as the run waited for it (guards, retries and fallbacks included;"
+    " cache hits not observed)",
     ["provider", "model"],
     buckets=LATENCY_BUCKETS,
 )
 LLM_TTFT = Histogram(
     "agentsvc_llm_time_to_first_token_seconds",
-    "Time to the first streamed token",
+    "Time from sending a streamed request to its first text chunk, per provider call",
     ["provider", "model"],
     buckets=LATENCY_BUCKETS,
 )
@@ -85,9 +104,17 @@ FALLBACKS = Counter(
 )
 
 # Tools
-TOOL_CALLS = Counter("agentsvc_tool_calls", "Tool calls by tool and status", ["tool", "status"])
+TOOL_CALLS = Counter(
+    "agentsvc_tool_calls",
+    "Tool calls by tool and status (ok, error, refused, invalid, in_doubt); a name not on the"
+    " agent's allowlist is counted as tool `(not allowed)`",
+    ["tool", "status"],
+)
 TOOL_LATENCY = Histogram(
-    "agentsvc_tool_latency_seconds", "Tool call latency", ["tool"], buckets=LATENCY_BUCKETS
+    "agentsvc_tool_latency_seconds",
+    "Latency of tool calls that ran",
+    ["tool"],
+    buckets=LATENCY_BUCKETS,
 )
 
 # Cost control and resilience
@@ -107,7 +134,7 @@ BREAKER_STATE = Gauge(
     "agentsvc_breaker_state",
     "Circuit breaker state: 0 closed, 1 half-open, 2 open",
     ["target"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemostrecent",
 )
 BREAKER_TRANSITIONS = Counter(
     "agentsvc_breaker_transitions",
@@ -116,12 +143,27 @@ BREAKER_TRANSITIONS = Counter(
 )
 
 # Queue and delivery
-QUEUE_DEPTH = Gauge("agentsvc_queue_depth", "Runs waiting to be claimed", multiprocess_mode="max")
+QUEUE_DEPTH = Gauge(
+    "agentsvc_queue_depth",
+    "Runs waiting to be claimed, as a worker last counted them",
+    multiprocess_mode="livemostrecent",
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "agentsvc_queue_oldest_age_seconds",
+    "Age (since creation) of the oldest run waiting to be claimed, 0 when none waits",
+    multiprocess_mode="livemostrecent",
+)
 CLAIM_LAG = Histogram(
     "agentsvc_claim_lag_seconds",
-    "Time from a run becoming claimable to a worker claiming it",
-    buckets=FAST_BUCKETS + (2.5, 5, 10, 30, 60),
+    "Time from a queued run's creation to its first claim by a worker",
+    buckets=FAST_BUCKETS + (2.5, 5, 10, 30, 60, 120, 300),
 )
 WEBHOOK_DELIVERIES = Counter(
-    "agentsvc_webhook_deliveries", "Webhook delivery attempts by outcome", ["outcome"]
+    "agentsvc_webhook_deliveries",
+    "Webhook delivery attempts by outcome (delivered, retry, failed: given up)",
+    ["outcome"],
+)
+RATE_LIMIT_STORE_ERRORS = Counter(
+    "agentsvc_rate_limit_store_errors",
+    "Rate-limit checks that could not reach Redis (the request was let through)",
 )

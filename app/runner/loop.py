@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
+from app.guards.budget import BudgetError, worst_case
 from app.guards.redact import StreamRedactor
 from app.llm.errors import ProviderError
 from app.llm.pricing import price_call
 from app.llm.types import DeltaCallback, LLMRequest, LLMResponse, TokenUsage
+from app.observability.metrics import BUDGET_REJECTIONS
 from app.runner.base import _Stop, log
 from app.runner.errors import LeaseLost, LLMUnavailable, RunFailure
 from app.runner.events import EventType, RunEvent
@@ -135,9 +137,27 @@ class GuardedRunner(ToolSteps):
         finally:
             self._inflight = None
 
+    def _check_spend(self, cp: Checkpoint, request: LLMRequest) -> None:
+        """The run's token and cost caps, against the next call's worst case."""
+        limits = self._spec.limits
+        if limits.max_run_tokens is None and limits.max_run_cost_usd is None:
+            return
+        worst = worst_case(request)
+        try:
+            limits.check_spend(
+                tokens=cp.usage.input_tokens + cp.usage.output_tokens,
+                cost_usd=cp.usage.cost_usd,
+                next_call=worst,
+                next_cost_usd=worst.cost_usd(request.provider, request.model),
+            )
+        except BudgetError as exc:
+            BUDGET_REJECTIONS.labels(reason=exc.reason).inc()
+            raise
+
     async def _llm_step(self, cp: Checkpoint) -> Outcome | None:
         """One model call, committed with its trace row; the outcome if the run ended."""
         request = self._request(cp)
+        self._check_spend(cp, request)
         deltas: list[RunEvent] = []
         redactor = self._spec.redactor.stream() if self._spec.stream else None
         on_delta = None if redactor is None else self._delta_callback(cp, deltas, redactor)

@@ -23,6 +23,9 @@ class Principal:
 
     user_id: str
     role: Role
+    key_id: str = ""
+    """Names the API key without revealing it (a prefix of its keyed hash): rate limits count
+    per key."""
 
     @property
     def owner(self) -> Owner:
@@ -56,9 +59,8 @@ class Authenticator:
     ) -> None:
         self._secret = secret.encode()
         self._db = db
-        self._static = {
-            self.hash_key(key): Principal(user, role) for user, key, role in static_keys
-        }
+        hashed = {self.hash_key(key): (user, role) for user, key, role in static_keys}
+        self._static = {d: Principal(u, r, _key_id(d)) for d, (u, r) in hashed.items()}
         self._cache: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
         self._ttl = cache_ttl_s
         self._size = cache_size
@@ -77,7 +79,7 @@ class Authenticator:
             return cached[0]
         async with self._db.transaction() as conn:
             found = await key_store.find_key(conn, digest)
-        principal = None if found is None else Principal(found[0], _role(found[1]))
+        principal = None if found is None else Principal(found[0], _role(found[1]), _key_id(digest))
         self._cache[digest] = (principal, now + self._ttl)
         self._cache.move_to_end(digest)
         while len(self._cache) > self._size:
@@ -92,6 +94,10 @@ class Authenticator:
                 conn, user_id=user_id, key_hash=self.hash_key(key), role=role
             )
         return key
+
+
+def _key_id(digest: str) -> str:
+    return digest[:32]
 
 
 def _role(value: str) -> Role:

@@ -12,6 +12,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.agents.registry import AgentRegistry, UnknownAgent
+from app.agents.routing import route_run
 from app.api.schemas import RunCreate
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.guards.redact import Redactor
@@ -84,11 +85,16 @@ async def create_run(
         raise InvalidRequest(str(exc)) from None
     _check_limit("max_turns", body.max_turns, version.max_turns)
     _check_limit("timeout_s", body.timeout_s, version.timeout_s)
+    # 429 with Retry-After while the user's token budget for the window is spent.
+    await executor.budgets.check_open(principal.user_id)
     if body.webhook_url is not None:
         await _check_webhook(executor, body.webhook_url)
     max_turns = body.max_turns or version.max_turns
     timeout_s = body.timeout_s or version.timeout_s
-    model_ref = version.model or rt.settings.default_model
+    route = route_run(
+        version.model_policy, body.input, model=version.model or rt.settings.default_model
+    )
+    model_ref = route.model
     run_id = uuid.uuid4()
     now = datetime.now(UTC)
     run = NewRun(
@@ -109,6 +115,8 @@ async def create_run(
         lease_expires_at=now + timedelta(seconds=rt.settings.lease_seconds) if inline else None,
         attempt=1 if inline else 0,
         webhook_url=body.webhook_url,
+        model_tier=route.tier,
+        model_reason=route.reason,
     )
 
     def first_checkpoint(history: Sequence[Message] = ()) -> tuple[Checkpoint, RunEvent]:
@@ -116,7 +124,12 @@ async def create_run(
             run_id=str(run_id),
             instructions=version.instructions,
             user_input=body.input,
-            data={"agent": agent.name, "agent_version": version.version, "model": model_ref},
+            data={
+                "agent": agent.name,
+                "agent_version": version.version,
+                "model": model_ref,
+                **route.event_data(),
+            },
             history=history,
         )
 

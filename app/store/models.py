@@ -131,6 +131,10 @@ class Run(Base):
     """The session this run is a message of (deleted with it; no foreign key)."""
     history_len: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     """Conversation messages (system message not counted) inherited from the session."""
+    model_tier: Mapped[str | None] = mapped_column(String(16))
+    """simple | medium | complex when the agent's model policy chose `model`."""
+    model_reason: Mapped[str | None] = mapped_column(Text)
+    """Why the classifier chose that tier."""
 
     __table_args__ = (
         Index("ix_runs_user_created", "user_id", "created_at"),
@@ -278,3 +282,17 @@ class WebhookDelivery(Base):
             sqlite_where=text("status = 'pending'"),
         ),
     )
+
+
+class BudgetOverride(Base):
+    """A user's own token budget per window, instead of AGENTSVC_DEFAULT_TOKEN_BUDGET."""
+
+    __tablename__ = "budget_overrides"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """Any user, also one with only a static key (so no foreign key to users)."""
+    tokens_per_window: Mapped[int | None] = mapped_column(BigInteger)
+    """None: unlimited; 0: no LLM call."""
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128))
+    """Who set it: an admin's user id, or `cli`."""

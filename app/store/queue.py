@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.observability.recording import observe_run_end
 from app.runner.events import EventType, RunEvent
 from app.runner.state import Checkpoint
-from app.store import pg_fast, webhooks
+from app.store import pg_fast, sessions, webhooks
 from app.store.db import Database
 from app.store.runs import (
     NewRun,
@@ -82,6 +83,13 @@ async def claim_runs(
     return [record_from_row(r) for r in rows.mappings()]
 
 
+async def pending_summary(conn: AsyncConnection) -> tuple[int, datetime | None]:
+    """How many runs wait to be claimed, and when the oldest of them was created."""
+    stmt = select(func.count(), func.min(runs.c.created_at)).where(runs.c.status == "pending")
+    count, oldest = (await conn.execute(stmt)).one()
+    return int(count), oldest
+
+
 async def renew_leases(
     conn: AsyncConnection, *, owner: str, lease_s: float, now: datetime
 ) -> dict[uuid.UUID, tuple[int, bool]]:
@@ -138,6 +146,8 @@ async def finish_unowned(
         .returning(*runs.c)
     )
     ended = record_from_row(row.mappings().one())
+    cost = None if run.session_id is None else await sessions.session_cost(conn, run.session_id)
+    observe_run_end(ended, session_cost_usd=cost)
     data: dict[str, object] = {"usage": run.usage()}
     if error is not None:
         data["error"] = error

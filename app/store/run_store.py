@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -10,9 +12,11 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.observability.recording import observe_run_end, observe_step
 from app.runner.errors import LeaseLost
 from app.runner.events import RunEvent
 from app.runner.protocols import (
+    TERMINAL_OUTCOMES,
     Cancelled,
     Completed,
     Failed,
@@ -24,7 +28,7 @@ from app.runner.protocols import (
     ToolCallRecord,
 )
 from app.runner.state import Checkpoint
-from app.store import approvals, pg_fast, webhooks
+from app.store import approvals, pg_fast, sessions, webhooks
 from app.store.db import Database
 from app.store.pg_fast import json_text
 from app.store.runs import (
@@ -47,6 +51,7 @@ _FENCED = update(runs).where(
 )
 _FENCED_ROW = _FENCED.returning(*runs.c)
 _FENCED_CANCEL = _FENCED.returning(runs.c.cancel_requested)
+log = logging.getLogger(__name__)
 
 
 class SqlRunStore:
@@ -63,7 +68,10 @@ class SqlRunStore:
         render_webhook: WebhookRenderer,
         webhook_url: str | None = None,
         approval_ttl_s: float = 3600.0,
+        agent: str = "",
+        allowed_tools: frozenset[str] = frozenset(),
     ) -> None:
+        """`agent` and `allowed_tools` label the metrics of the run's calls."""
         self._db = db
         self._run_id = uuid.UUID(run_id)
         self._user_id = user_id
@@ -74,8 +82,38 @@ class SqlRunStore:
         self.last_state: RunRecord | None = None
         """The run as this store's last state change left it."""
         self._approval_ttl = timedelta(seconds=approval_ttl_s)
+        self._agent = agent
+        self._allowed_tools = allowed_tools
+        self._step_began = time.monotonic()
 
     async def commit(self, step: Step) -> bool:
+        cancel = await self._write(step)
+        await self._observe(step)
+        return cancel
+
+    async def _observe(self, step: Step) -> None:
+        """Metrics of a committed step, and of the run when it ended: recorded here because
+        every step of every run a worker drives passes through, trace row and all."""
+        began, self._step_began = self._step_began, time.monotonic()
+        try:
+            observe_step(
+                step,
+                agent=self._agent,
+                allowed_tools=self._allowed_tools,
+                service_s=self._step_began - began,
+            )
+            run = self.last_state
+            if isinstance(step.outcome, TERMINAL_OUTCOMES) and run is not None:
+                session_cost = None
+                if run.session_id is not None:
+                    async with self._db.read() as conn:
+                        session_cost = await sessions.session_cost(conn, run.session_id)
+                observe_run_end(run, session_cost_usd=session_cost)
+        except Exception:
+            # The step is committed: metrics must not make the run think otherwise.
+            log.warning("run %s: could not record metrics", self._run_id, exc_info=True)
+
+    async def _write(self, step: Step) -> bool:
         now = datetime.now(UTC)
         if self._fast_path(step):
             return await self._commit_llm_step(step, now)

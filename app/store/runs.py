@@ -56,6 +56,9 @@ class NewRun:
     session_id: uuid.UUID | None = None
     history_len: int = 0
     """Conversation messages inherited from the session (see services/sessions.py)."""
+    model_tier: str | None = None
+    """The tier the agent's model policy chose (app/agents/routing.py); None: no policy."""
+    model_reason: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +97,8 @@ class RunRecord:
     finished_at: datetime | None
     session_id: uuid.UUID | None
     history_len: int
+    model_tier: str | None
+    model_reason: str | None
 
     def usage(self) -> dict[str, int | float]:
         """The usage totals, as the Run answer and the end events show them."""
@@ -166,6 +171,8 @@ def run_values(run: NewRun, checkpoint: Checkpoint | None) -> dict[str, object]:
         "finished_at": None,
         "session_id": run.session_id,
         "history_len": run.history_len,
+        "model_tier": run.model_tier,
+        "model_reason": run.model_reason,
     }
 
 

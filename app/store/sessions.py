@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.models import AgentSession
@@ -114,6 +114,13 @@ async def list_runs(conn: AsyncConnection, session_id: uuid.UUID) -> list[Sessio
         runs.c.history_len, runs.c.created_at
     )
     return [SessionRun(**row) for row in (await conn.execute(stmt)).mappings()]
+
+
+async def session_cost(conn: AsyncConnection, session_id: uuid.UUID) -> float:
+    """What the session's runs have cost so far, in USD."""
+    total = func.coalesce(func.sum(runs.c.cost_usd), 0.0)
+    stmt = select(total).where(runs.c.session_id == session_id)
+    return float((await conn.execute(stmt)).scalar_one())
 
 
 async def get_checkpoints(

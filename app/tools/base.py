@@ -26,6 +26,11 @@ class ToolFailure(Exception):
     """A tool could not do what was asked; the message goes back to the model."""
 
 
+class ToolUnavailable(ToolFailure):
+    """What the tool depends on failed (timeout, connection error, 5xx): an idempotent
+    tool is tried again, and it counts toward the tool's circuit breaker."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ToolContext:
     """Outside resources a tool may use, chosen by the operator."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.tools.base import Risk, Tool, ToolContext, ToolFailure
+from app.tools.base import Risk, Tool, ToolContext, ToolFailure, ToolUnavailable
 
 MAX_URL_CHARS = 2048
 MAX_BODY_BYTES = 64 * 1024
@@ -89,9 +89,9 @@ async def http_get(args: BaseModel, ctx: ToolContext) -> str:
             body, truncated = await _read_capped(response)
             charset = response.charset_encoding
     except httpx.TimeoutException:
-        raise ToolFailure(f"timed out after {TIMEOUT_S:g}s fetching {url}") from None
+        raise ToolUnavailable(f"timed out after {TIMEOUT_S:g}s fetching {url}") from None
     except httpx.HTTPError as exc:
-        raise ToolFailure(f"could not fetch {url}: {type(exc).__name__}: {exc}") from None
+        raise ToolUnavailable(f"could not fetch {url}: {type(exc).__name__}: {exc}") from None
     text = _decode(body, charset)
     if truncated:
         text += f"\n[truncated: showing the first {MAX_BODY_BYTES} bytes of the body]"

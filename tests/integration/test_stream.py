@@ -171,7 +171,7 @@ async def test_disconnecting_does_not_stop_the_run(server: Server) -> None:
 
 
 async def test_cancel_ends_the_stream_with_run_cancelled(server: Server) -> None:
-    body = {"agent": "worker-agent", "input": "nap 10"}
+    body = {"agent": "worker-agent", "input": "nap 1.5; nap 1.5"}
     seen: list[SSEvent] = []
     async with server.client.stream("POST", "/agent/stream", json=body) as response:
         async for event in parse(response):

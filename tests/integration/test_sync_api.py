@@ -301,11 +301,17 @@ async def test_provider_failures_through_the_service(
         base_url = fake.base_url
         if reply is not None:
             fake.enqueue(reply)
-        settings = make_settings(default_model="openai/gpt-4o-mini", openai_base_url=base_url)
+        # One attempt: these errors (but the 401) are retried, which tests/integration/
+        # test_resilience.py covers; here each must reach the run's error as its type.
+        settings = make_settings(
+            default_model="openai/gpt-4o-mini", openai_base_url=base_url, llm_retry_attempts=1
+        )
         if reply is None:
             # A port nobody listens on: the connection is refused.
             settings = make_settings(
-                default_model="openai/gpt-4o-mini", openai_base_url="http://127.0.0.1:9/v1"
+                default_model="openai/gpt-4o-mini",
+                openai_base_url="http://127.0.0.1:9/v1",
+                llm_retry_attempts=1,
             )
         async with running_app(settings) as client:
             body = await run(client, "hello")

@@ -377,9 +377,12 @@ async def test_streamed_text_never_shows_a_secret_split_across_chunks() -> None:
 
     shown = [str(e.data["text"]) for e in store.events if e.type is EventType.LLM_DELTA]
     assert "".join(shown) == "mail [EMAIL_REDACTED] or call [PHONE_REDACTED] today"
-    for event in store.events:
-        for secret in ("jane", "example.com", "555"):
-            assert secret not in str(event.data)
+    texts = [
+        str(e.data.get("text") or e.data.get("content") or e.data.get("result"))
+        for e in store.events
+    ]
+    for secret in ("jane", "example.com", "415 555"):
+        assert not [t for t in texts if secret in t]
     assert store.steps[-1].outcome == Completed(
         "mail [EMAIL_REDACTED] or call [PHONE_REDACTED] today"
     )

@@ -1,0 +1,87 @@
+"""Where the prompt cache keeps answers: Redis (shared by every replica) or this process.
+
+Both store opaque bytes under a key for a TTL. Errors are not handled here: the
+cache wrapper (`app.llm.cache`) decides what a failure means (it skips the cache).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+PREFIX = "agentsvc:pcache:"
+
+
+class ResponseStore(Protocol):
+    """Bytes by key, each for a limited time."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The value stored under `key`, or None when absent or expired."""
+        ...
+
+    async def put(self, key: str, value: bytes, *, ttl_s: float) -> None:
+        """Store `value` under `key` for `ttl_s` seconds (> 0)."""
+        ...
+
+
+class RedisResponseStore:
+    """Keys `agentsvc:pcache:<key>` with a millisecond TTL; the client's short timeouts
+    bound every call."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._redis.get(PREFIX + key)
+        # The shared client does not decode responses: values come back as bytes.
+        return value.encode() if isinstance(value, str) else value
+
+    async def put(self, key: str, value: bytes, *, ttl_s: float) -> None:
+        await self._redis.set(PREFIX + key, value, px=max(1, round(ttl_s * 1000)))
+
+
+class InProcessResponseStore:
+    """The stand-in without Redis: this process only, at most `max_bytes` of values, the
+    least recently used evicted first, expired ones dropped when met."""
+
+    def __init__(
+        self, *, max_bytes: int = 64 * 1024 * 1024, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._size = 0
+        self._max_bytes = max_bytes
+        self._clock = clock
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if self._clock() >= expires:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def put(self, key: str, value: bytes, *, ttl_s: float) -> None:
+        if len(value) > self._max_bytes:
+            return
+        self._drop(key)
+        self._entries[key] = (self._clock() + ttl_s, value)
+        self._size += len(value)
+        while self._size > self._max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._size -= len(entry[1])
+
+
+def build_response_store(redis: Redis | None) -> ResponseStore:
+    """Redis when the service has one; otherwise this process's own store."""
+    return InProcessResponseStore() if redis is None else RedisResponseStore(redis)
