@@ -6,16 +6,16 @@ import logging
 
 from fastapi import APIRouter, Response
 
-from app.api.schemas import (
+from app.api.ops_schemas import (
     AgentCatalog,
     AgentRead,
     AgentVersionRead,
     LLMCallRead,
-    RoutingRead,
     ToolCallRead,
     ToolRead,
     TraceRead,
 )
+from app.api.schemas import RoutingRead
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     NotFound,

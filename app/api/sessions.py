@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from app.api.schemas import MessageCreate, RunRead, SessionCreate, SessionLogRead, SessionRead
+from app.api.schemas import MessageCreate, RunRead
+from app.api.session_schemas import SessionCreate, SessionLogRead, SessionRead
 from app.api.stream import STREAM_DOC, event_stream, stream_url
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (

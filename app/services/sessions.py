@@ -33,7 +33,8 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.agents.registry import UnknownAgent
-from app.api.schemas import MessageCreate, RunCreate, SessionCreate
+from app.api.schemas import MessageCreate, RunCreate
+from app.api.session_schemas import SessionCreate
 from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from app.guards.redact import Redactor
 from app.jobs.executor import RunExecutor
