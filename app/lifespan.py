@@ -88,10 +88,11 @@ def shared_http_client(*, timeout_s: float) -> httpx.AsyncClient:
 
 
 def build_redis(settings: Settings) -> Redis | None:
-    """The process's Redis client, when configured: every call has a short timeout and one
-    immediate retry (a pooled connection may be stale after a Redis restart), so a Redis that
-    stops answering costs each caller at most twice the timeout (its policy then applies).
-    redis-py's default would retry ten times with backoff: seconds per call."""
+    """The process's Redis client, when configured: every call has a short timeout and no
+    retry, so a Redis that stops answering costs each caller at most that (its policy then
+    applies). No retry, because the budget and breaker scripts are not idempotent: a retry
+    after a late reply would count a reservation twice. (redis-py's default retries ten
+    times with backoff: seconds per call.)"""
     if settings.redis_url is None:
         return None
     timeout = settings.redis_timeout_s
@@ -99,7 +100,7 @@ def build_redis(settings: Settings) -> Redis | None:
         settings.redis_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 0),
     )
 
 

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 HOLD_LIMIT = 10_000
 """Out-of-order events a reader keeps while it fills a gap."""
+IDLE_WAIT_S = 3600.0
+"""How long an idle reader sleeps when nothing wakes it (pushes and nudges do)."""
 
 
 class StreamTokens:
@@ -118,7 +120,12 @@ class StreamHub:
             for event in await self._from_log(reader, run_id):
                 yield event
             while not reader.ended and (until is None or time.monotonic() < until):
-                events, nudged = await sub.take(self._poll_s)
+                # An idle reader sleeps until a push or a nudge from the backstop (or the
+                # end of its life); only one waiting for a gap to close looks again soon.
+                wait_s = self._poll_s if reader.gap() is not None else IDLE_WAIT_S
+                if until is not None:
+                    wait_s = min(wait_s, max(0.0, until - time.monotonic()))
+                events, nudged = await sub.take(wait_s)
                 batch = reader.take(events)
                 if nudged or reader.gap() is not None:
                     batch += await self._from_log(reader, run_id)
