@@ -35,6 +35,8 @@ class Phases:
         self.warm_ids: list[str] = []
         self.fan_ids: list[str] = []
         self._traced = 0
+        self._port = 0
+        """The port of the server started last."""
 
     def _server(self, name: str, *, baseline: bool = False, traced: bool = False) -> Child:
         port = procs.free_port()

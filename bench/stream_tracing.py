@@ -50,12 +50,12 @@ def growth(before: Path, after: Path, *, top: int = 12) -> tuple[int, list[str]]
     for s in new.compare_to(old, "traceback"):
         by_package[owner_of(s.traceback)] += s.size_diff
     lines = [
-        "growth by package: "
+        "growth by the package that allocated: "
         + ", ".join(f"{p} {b / 1e6:.1f} MB" for p, b in by_package.most_common(8))
     ]
     for s in sorted(stats, key=lambda s: s.size_diff, reverse=True)[:top]:
         frame = s.traceback[-1]
-        where = frame.filename.split("site-packages/")[-1].split("/lib/python3.11/")[-1]
+        where = re.split(r"site-packages/|/lib/python3\.\d+/", frame.filename)[-1]
         lines.append(
             f"{s.size_diff / 1e6:7.2f} MB {s.count_diff:+8d} blocks  {where}:{frame.lineno}"
         )

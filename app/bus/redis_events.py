@@ -27,6 +27,8 @@ from app.runner.events import RunEvent
 log = logging.getLogger(__name__)
 
 PREFIX = "agentsvc:events:"
+_DRAIN_MAX = 10_000
+"""Buffered pub/sub messages handled per turn of the listener at most."""
 
 # KEYS[1] the run's stream; ARGV: maxlen, ttl seconds, then (seq, event) pairs.
 # An entry whose id is not above the stream's top is refused by XADD and not published.
@@ -82,7 +84,11 @@ class RedisBus:
         self._max_events = max_events
         self._poll_s = poll_s
         self._wanted: set[str] = set()
+        """Runs this process has readers of."""
+        self._requested: set[str] = set()
+        """Runs whose SUBSCRIBE was sent and not confirmed yet."""
         self._listening: set[str] = set()
+        """Runs whose subscription Redis confirmed."""
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -137,29 +143,37 @@ class RedisBus:
                     await self._changed.wait()
                     continue
                 message = await self._pubsub.get_message(timeout=self._poll_s)
-                if message is not None:
+                # Then everything already buffered, so confirmations never queue up.
+                for _ in range(_DRAIN_MAX):
+                    if message is None:
+                        break
                     self._handle(message)
+                    message = await self._pubsub.get_message(timeout=0)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError):
+                # Readers that missed events meanwhile are found by the streams' backstop,
+                # one batched query, rather than all reading the log at once.
                 log.warning("event bus: Redis subscription failed; retrying", exc_info=True)
                 self._listening.clear()
+                self._requested.clear()
                 self._changed.set()
-                # Readers may have missed events: they look in the log.
-                self.fanout.nudge_all()
                 await asyncio.sleep(1.0)
 
     async def _sync_channels(self) -> None:
+        """Subscribe what readers want and nobody asked for yet; drop what nobody wants."""
         if not self._changed.is_set():
             return
         self._changed.clear()
-        add = self._wanted - self._listening
-        drop = self._listening - self._wanted
+        add = self._wanted - self._listening - self._requested
+        drop = (self._listening | self._requested) - self._wanted
         if add:
+            self._requested |= add
             await self._pubsub.subscribe(*(_key(r) for r in add))
         if drop:
-            await self._pubsub.unsubscribe(*(_key(r) for r in drop))
             self._listening -= drop
+            self._requested -= drop
+            await self._pubsub.unsubscribe(*(_key(r) for r in drop))
 
     def _handle(self, message: dict[str, object]) -> None:
         channel = message["channel"]
@@ -167,7 +181,10 @@ class RedisBus:
         run_id = channel.decode()[len(PREFIX) :]
         kind = message["type"]
         if kind == "subscribe":
+            self._requested.discard(run_id)
             self._listening.add(run_id)
+            if run_id not in self._wanted:
+                self._changed.set()  # its readers left meanwhile: unsubscribe
             for sub in self.fanout.readers(run_id):
                 sub.ready.set()
         elif kind == "message":

@@ -137,9 +137,14 @@ class StreamHub:
         bus still holds beyond them."""
         out: list[RunEvent] = []
         while not reader.ended:
-            async with self.db.read() as conn:
-                rows = await list_events(conn, run_id, after=reader.sub.cursor)
-                end = (await log_ends(conn, [run_id])).get(run_id)
+            try:
+                async with self.db.read() as conn:
+                    rows = await list_events(conn, run_id, after=reader.sub.cursor)
+                    end = (await log_ends(conn, [run_id])).get(run_id)
+            except Exception:
+                # The stream goes on; the next push, gap or backstop nudge reads again.
+                log.warning("stream of run %s: cannot read the log", run_id, exc_info=True)
+                return out
             out += reader.take(rows)
             if end is None or (end.finished and reader.sub.cursor >= end.next_seq - 1):
                 # Gone, or ended and read to its end (a resume after its last event).
