@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Annotated
 
@@ -26,6 +27,13 @@ def _settings() -> Settings:
     return settings
 
 
+def tune_gc() -> None:
+    """Collect young objects less often: a server holding thousands of streams allocates
+    per event and per reader, and the default threshold (700) made collections a fifth of
+    fan-out time and its latency tail (BENCHMARKS.md)."""
+    gc.set_threshold(50_000, 20, 20)
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Overrides AGENTSVC_HOST")] = None,
@@ -39,6 +47,7 @@ def serve(
 
     settings = _settings()
     count = processes or settings.web_processes
+    tune_gc()
     # Before the app is imported: prometheus_client picks its storage on import.
     with host_metrics(settings, processes=count) as settings:
         from app.main import create_app
@@ -69,6 +78,7 @@ def worker(
     from app.observability.multiprocess import host_metrics
 
     settings = _settings()
+    tune_gc()
     with host_metrics(settings, processes=1) as settings:
         from app.observability.export import metrics_server
 

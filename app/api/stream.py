@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
@@ -45,12 +44,13 @@ def stream_url(request: Request, services: Services, run_id: uuid.UUID) -> str:
     return str(url.include_query_params(token=services.stream_tokens.issue(run_id)))
 
 
-async def _sse(services: Services, run_id: uuid.UUID, after: int) -> AsyncIterator[ServerSentEvent]:
+async def _sse(
+    services: Services, run_id: uuid.UUID, after: int
+) -> AsyncIterator[ServerSentEvent | bytes]:
     yield ServerSentEvent(retry=RECONNECT_MS, comment="run " + str(run_id))
-    follow = services.streams.follow(run_id, after=after, max_s=services.settings.stream_max_s)
-    async for event in follow:
-        data = orjson.dumps(event.payload()).decode()
-        yield ServerSentEvent(data, event=event.type.value, id=str(event.seq))
+    hub = services.streams
+    async for event in hub.follow(run_id, after=after, max_s=services.settings.stream_max_s):
+        yield hub.wire_form(event)
 
 
 class RunEventStream(EventSourceResponse):

@@ -17,8 +17,10 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 
+import orjson
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 
 from app.bus.events import EventBus, Subscription
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 HOLD_LIMIT = 10_000
 """Out-of-order events a reader keeps while it fills a gap."""
+WIRE_CACHE_SIZE = 10_000
+"""Recent events kept in their encoded form."""
 IDLE_WAIT_S = 3600.0
 """How long an idle reader sleeps when nothing wakes it (pushes and nudges do)."""
 
@@ -103,6 +107,25 @@ class StreamHub:
         self.db = db
         self.bus = bus
         self._poll_s = poll_s
+        self._wire: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    def wire_form(self, event: RunEvent) -> bytes:
+        """The event as an SSE message (`id:`, `event:`, `data:` JSON), encoded once for
+        every reader of this process: a run followed by a thousand readers costs one
+        encoding per event, not a thousand."""
+        key = (event.run_id, event.seq)
+        encoded = self._wire.get(key)
+        if encoded is None:
+            data = orjson.dumps(event.payload())
+            encoded = b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
+                event.seq,
+                event.type.value.encode(),
+                data,
+            )
+            self._wire[key] = encoded
+            if len(self._wire) > WIRE_CACHE_SIZE:
+                self._wire.popitem(last=False)
+        return encoded
 
     async def follow(
         self, run_id: uuid.UUID, *, after: int = -1, max_s: float | None = None
