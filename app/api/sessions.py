@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request, Response, status
 
 from app.api.schemas import MessageCreate, RunRead
 from app.api.session_schemas import SessionCreate, SessionLogRead, SessionRead
-from app.api.stream import STREAM_DOC, event_stream, stream_url
+from app.api.stream import STREAM_DOC, event_stream
+from app.api.sync import answer_when_done
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     Conflict,
@@ -18,7 +19,6 @@ from app.errors import (
     problem_responses,
 )
 from app.services import runs, sessions
-from app.store.runs import TERMINAL_STATUSES
 
 router = APIRouter(tags=["sessions"])
 
@@ -66,12 +66,7 @@ async def send_message(
     )
     if body.stream:
         return event_stream(services, started.run_id)
-    timeout_s = services.settings.sync_timeout_s
-    view = await runs.wait_for_run(services.executor, principal, started, timeout_s)
-    if view.run.status in TERMINAL_STATUSES:
-        return RunRead.from_view(view)
-    response.status_code = status.HTTP_202_ACCEPTED
-    return RunRead.from_view(view, stream_url=stream_url(request, services, started.run_id))
+    return await answer_when_done(services, principal, started, request, response)
 
 
 @router.get(

@@ -8,7 +8,9 @@ from app.api.schemas import RunCreate, RunRead
 from app.api.stream import stream_url
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import InvalidRequest, PayloadTooLarge, Unauthorized, problem_responses
+from app.lifespan import Services
 from app.services import runs
+from app.services.auth import Principal
 from app.store.runs import TERMINAL_STATUSES
 
 router = APIRouter(tags=["runs"])
@@ -32,6 +34,18 @@ async def run_agent(
     """Run an agent in this process and wait up to `AGENTSVC_SYNC_TIMEOUT_S` for its end.
     A run that is still going (or waits for an approval) answers 202; poll or stream it."""
     started = await runs.create_run(services.executor, principal, body, pattern="sync", inline=True)
+    return await answer_when_done(services, principal, started, request, response)
+
+
+async def answer_when_done(
+    services: Services,
+    principal: Principal,
+    started: runs.StartedRun,
+    request: Request,
+    response: Response,
+) -> RunRead:
+    """The sync answer: the run when it ends within `AGENTSVC_SYNC_TIMEOUT_S`, else 202
+    with the run so far and where to stream the rest."""
     timeout_s = services.settings.sync_timeout_s
     view = await runs.wait_for_run(services.executor, principal, started, timeout_s)
     if view.run.status in TERMINAL_STATUSES:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,23 +17,10 @@ from tests.conftest import ALICE, API_KEYS, ROOT, TABLES, pg_execute
 from tests.fakes.llm_server import ErrorReply, FakeLLMServer, TextReply, serve_fake_openai
 from tests.integration.test_cli import free_port
 from tests.integration.test_resilience import TEST_REDIS
+from tests.support.processes import start_agentsvc, stop_all, wait_ready
 
 pytestmark = pytest.mark.postgres
-ROOT_DIR = Path(__file__).resolve().parents[2]
 TARGET = "llm:openai/primary"
-
-
-async def _ready(base: str) -> None:
-    deadline = time.monotonic() + 60
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"{base}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{base} did not become ready")
 
 
 @pytest.fixture
@@ -72,34 +57,12 @@ async def replicas(
         for name, cooldown in (("a", "60"), ("b", "60"), ("c", "0")):
             port = free_port()
             extra = {"AGENTSVC_PORT": str(port), "AGENTSVC_BREAKER_COOLDOWN_S": cooldown}
-            procs.append(_spawn(env | extra, tmp_path / f"{name}.log"))
+            procs.append(start_agentsvc("serve", env=env | extra, log=tmp_path / f"{name}.log"))
             bases[name] = f"http://127.0.0.1:{port}"
-        await asyncio.gather(*(_ready(base) for base in bases.values()))
+        await asyncio.gather(*(wait_ready(base) for base in bases.values()))
         yield bases
     finally:
-        _stop(procs)
-
-
-def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
-            cwd=ROOT_DIR,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_all(procs)
 
 
 async def ask(base: str) -> dict[str, object]:

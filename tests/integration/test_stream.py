@@ -254,3 +254,26 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_run_goes_on(
                 resumed = await attach(client, job, last=10)
                 assert resumed[0].seq == 11
                 assert resumed[-1].event == "run.completed"
+
+
+async def test_a_stream_ends_at_its_lifetime_and_resumes_where_it_stopped(
+    make_settings: SettingsFactory,
+) -> None:
+    async with serve_app(script_app()) as model_url:
+        settings = make_settings(
+            agents_module="tests.support.custom_agents",
+            openai_base_url=f"{model_url}/v1",
+            stream_max_s=0.5,
+        )
+        async with LifespanManager(create_app(settings)) as manager, serve_app(manager.app) as base:
+            async with httpx.AsyncClient(base_url=base, headers=ALICE, timeout=20) as client:
+                first = await stream_run(client, "worker-agent", "nap 1.5; say done")
+                assert first[-1].event not in TERMINAL  # cut by the lifetime cap
+                job = str(first[0].json()["job_id"])
+                seen = list(first)
+                for _ in range(20):  # reconnect as EventSource would, from the last id
+                    seen += await attach(client, job, last=seen[-1].seq)
+                    if seen[-1].event in TERMINAL:
+                        break
+    assert ids(seen) == list(range(len(seen)))
+    assert seen[-1].event == "run.completed"

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +18,10 @@ from tests.fakes.loopback import serve_app
 from tests.fakes.script_server import script_app
 from tests.integration.test_cli import free_port
 from tests.integration.test_stream import TEST_REDIS
+from tests.support.processes import start_agentsvc, stop_all, wait_ready
 from tests.support.sse import SSEvent, collect, parse
 
 pytestmark = pytest.mark.postgres
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -33,26 +30,6 @@ class Replicas:
     """Base URL of the replica with a worker: it executes runs."""
     other: str
     """Base URL of the replica without workers: it only serves HTTP."""
-
-
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
-
-
-async def _ready(base: str) -> None:
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"{base}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{base} did not become ready")
 
 
 @pytest.fixture
@@ -72,21 +49,21 @@ async def replicas(pg_url: str, tmp_path: Path) -> AsyncIterator[Replicas]:
         }
         ports = free_port(), free_port()
         procs = [
-            _start(env | {"AGENTSVC_PORT": str(ports[0])}, tmp_path / "runner.log"),
-            _start(
-                env | {"AGENTSVC_PORT": str(ports[1]), "AGENTSVC_EMBEDDED_WORKERS": "0"},
-                tmp_path / "other.log",
+            start_agentsvc(
+                "serve", env=env | {"AGENTSVC_PORT": str(ports[0])}, log=tmp_path / "runner.log"
+            ),
+            start_agentsvc(
+                "serve",
+                env=env | {"AGENTSVC_PORT": str(ports[1]), "AGENTSVC_EMBEDDED_WORKERS": "0"},
+                log=tmp_path / "other.log",
             ),
         ]
         try:
             bases = [f"http://127.0.0.1:{p}" for p in ports]
-            await asyncio.gather(*(_ready(b) for b in bases))
+            await asyncio.gather(*(wait_ready(b) for b in bases))
             yield Replicas(*bases)
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(15)
+            stop_all(procs)
 
 
 async def _stream_on_runner_attach_on_other(
