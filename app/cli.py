@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from app.settings import Role, Settings
+
+if TYPE_CHECKING:
+    from app.store.db import Database
+
+T = TypeVar("T")
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Run LLM agents in production.")
 keys = typer.Typer(no_args_is_help=True, help="Manage API keys.")
@@ -125,26 +131,16 @@ def create_key(
     """Create an API key and print it once (only its keyed hash is stored)."""
     from app.services.auth import Authenticator
     from app.settings import ROLES
-    from app.store.db import Database, create_engine
 
     if role not in ROLES:
         raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}", param_hint="--role")
-    settings = _settings()
     checked_role: Role = role
 
-    async def create() -> str:
-        db = Database(create_engine(settings.database_url, pool_size=1))
-        try:
-            auth = Authenticator(secret=settings.secret_key.get_secret_value(), db=db)
-            return await auth.create_key(user_id=user, role=checked_role)
-        finally:
-            await db.dispose()
+    async def create(settings: Settings, db: Database) -> str:
+        auth = Authenticator(secret=settings.secret_key.get_secret_value(), db=db)
+        return await auth.create_key(user_id=user, role=checked_role)
 
-    if settings.is_sqlite:
-        from app.store.migrate import upgrade
-
-        upgrade(settings.database_url)
-    typer.echo(asyncio.run(create()))
+    typer.echo(with_db(create))
 
 
 @budgets.command("set")
@@ -172,6 +168,20 @@ def clear_budget(user: Annotated[str, typer.Option(help="The user")]) -> None:
 def _edit_budget(user: str, tokens: int | None, *, clear: bool) -> None:
     from app.services.budgets import set_override
     from app.store import budgets as budget_store
+
+    async def edit(_: Settings, db: Database) -> None:
+        if not clear:
+            await set_override(db, user, tokens, by="cli")
+            return
+        async with db.transaction() as conn:
+            await budget_store.delete_override(conn, user)
+
+    with_db(edit)
+
+
+def with_db(work: Callable[[Settings, Database], Awaitable[T]]) -> T:
+    """Run an operator command's `work` against the configured database (an embedded
+    SQLite one is migrated first, as `serve` would)."""
     from app.store.db import Database, create_engine
 
     settings = _settings()
@@ -180,18 +190,14 @@ def _edit_budget(user: str, tokens: int | None, *, clear: bool) -> None:
 
         upgrade(settings.database_url)
 
-    async def edit() -> None:
+    async def run() -> T:
         db = Database(create_engine(settings.database_url, pool_size=1))
         try:
-            if not clear:
-                await set_override(db, user, tokens, by="cli")
-                return
-            async with db.transaction() as conn:
-                await budget_store.delete_override(conn, user)
+            return await work(settings, db)
         finally:
             await db.dispose()
 
-    asyncio.run(edit())
+    return asyncio.run(run())
 
 
 def main() -> None:

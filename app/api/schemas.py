@@ -151,6 +151,15 @@ class RoutingRead(BaseModel):
         return cls(tier=run.model_tier, reason=run.model_reason)  # type: ignore[arg-type]
 
 
+class FeedbackRead(BaseModel):
+    """A rating of a run by its owner; the comment as the output filter left it."""
+
+    rating: Literal["up", "down"]
+    comment: str | None = None
+    tags: list[str] = []
+    created_at: datetime
+
+
 class RunRead(BaseModel):
     """The one answer shape of every pattern."""
 
@@ -171,6 +180,12 @@ class RunRead(BaseModel):
     stream_url: str | None = None
     """The run's events over SSE, with a short-lived token that grants reading them."""
     metadata: dict[str, MetadataValue]
+    experiment: str | None = None
+    """The A/B experiment this run took part in (its traffic policy's), if any."""
+    variant: str | None = None
+    """The experiment's variant that served this run."""
+    feedback: FeedbackRead | None = None
+    """The owner's current rating of the run (`POST /agent/runs/{job_id}/feedback`)."""
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -194,6 +209,9 @@ class RunRead(BaseModel):
             webhook=_webhook_state(run.webhook_url, delivery),
             stream_url=stream_url,
             metadata=run.metadata,  # type: ignore[arg-type]
+            experiment=run.experiment,
+            variant=run.variant,
+            feedback=None if run.feedback is None else FeedbackRead.model_validate(run.feedback),
             created_at=run.created_at,
             started_at=run.started_at,
             finished_at=run.finished_at,

@@ -32,6 +32,7 @@ from app.runner.loop import GuardedRunner, RunSpec
 from app.runner.protocols import ApprovalDecision, Failed, Step
 from app.runner.state import Checkpoint
 from app.services.budgets import BudgetKeeper
+from app.services.rollouts import PolicyBook
 from app.settings import Settings
 from app.store import approvals
 from app.store.db import Database
@@ -120,6 +121,8 @@ class RunExecutor:
             breakers=build_breakers(rt.settings, rt.redis),
         )
         """Retries, circuit breakers (shared through Redis), fallback chains, guarded tools."""
+        self.policies = PolicyBook(rt.db, rt.registry, refresh_s=rt.settings.policy_refresh_s)
+        """Agents' traffic policies: which version serves each request."""
         rt.wakeups.on_cancel(self.request_cancel)
 
     @property

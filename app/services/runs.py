@@ -80,9 +80,12 @@ async def create_run(
     conversation, admitted and stored in one transaction (two messages never both start)."""
     rt = executor.rt
     try:
-        agent, version = rt.registry.resolve(body.agent)
+        agent, _ = rt.registry.resolve(body.agent)
     except UnknownAgent as exc:
         raise InvalidRequest(str(exc)) from None
+    # The traffic policy picks the version: stable, canary or an experiment's variant.
+    assignment = await executor.policies.assign(agent.name, principal.user_id)
+    version = agent.version(assignment.version)
     _check_limit("max_turns", body.max_turns, version.max_turns)
     _check_limit("timeout_s", body.timeout_s, version.timeout_s)
     # 429 with Retry-After while the user's token budget for the window is spent.
@@ -117,6 +120,9 @@ async def create_run(
         webhook_url=body.webhook_url,
         model_tier=route.tier,
         model_reason=route.reason,
+        experiment=assignment.experiment,
+        variant=assignment.variant,
+        shadow_version=assignment.shadow_version,
     )
 
     def first_checkpoint(history: Sequence[Message] = ()) -> tuple[Checkpoint, RunEvent]:
@@ -128,6 +134,7 @@ async def create_run(
                 "agent": agent.name,
                 "agent_version": version.version,
                 "model": model_ref,
+                **assignment.event_data(),
                 **route.event_data(),
             },
             history=history,

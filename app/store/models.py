@@ -135,10 +135,28 @@ class Run(Base):
     """simple | medium | complex when the agent's model policy chose `model`."""
     model_reason: Mapped[str | None] = mapped_column(Text)
     """Why the classifier chose that tier."""
+    experiment: Mapped[str | None] = mapped_column(String(128))
+    """The A/B experiment whose variant served this run (app/agents/policy.py)."""
+    variant: Mapped[str | None] = mapped_column(String(64))
+    shadow_of: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    """Set on a shadow run: the live run whose request it copied (no foreign key: a shadow
+    outlives nothing, it is just never shown to the user)."""
+    shadow_version: Mapped[str | None] = mapped_column(String(64))
+    """Set on a live run sampled for shadowing, until its shadow run is queued."""
+    feedback: Mapped[dict[str, object] | None] = mapped_column(JsonType)
+    """The owner's current rating (app/store/feedback.py keeps every one)."""
 
     __table_args__ = (
         Index("ix_runs_user_created", "user_id", "created_at"),
         Index("ix_runs_session_created", "session_id", "created_at"),
+        Index("ix_runs_agent_created", "agent", "created_at"),
+        Index("ix_runs_shadow_of", "shadow_of"),
+        Index(
+            "ix_runs_shadow_due",
+            "finished_at",
+            postgresql_where=text("shadow_version IS NOT NULL"),
+            sqlite_where=text("shadow_version IS NOT NULL"),
+        ),
         # Narrow partial indexes keep claims and lease sweeps cheap as the table grows.
         Index(
             "ix_runs_claim",
@@ -296,3 +314,34 @@ class BudgetOverride(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(128))
     """Who set it: an admin's user id, or `cli`."""
+
+
+class TrafficPolicy(Base):
+    """How an agent's traffic is split between its versions (app/agents/policy.py)."""
+
+    __tablename__ = "traffic_policies"
+
+    agent: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy: Mapped[dict[str, object]] = mapped_column(JsonType)
+    revision: Mapped[int] = mapped_column(Integer)
+    """+1 on every change: an automatic rollback applies only to the revision it judged."""
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128))
+    """An admin's user id, `cli`, or `rollback`."""
+
+
+class RunFeedback(Base):
+    """A thumbs up or down on a run by its owner; the latest one is `current`."""
+
+    __tablename__ = "run_feedback"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    rating: Mapped[str] = mapped_column(String(8))
+    """up | down."""
+    comment: Mapped[str | None] = mapped_column(Text)
+    """As written; shown to others only through the output filter."""
+    tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    current: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -21,7 +21,7 @@ from app.runner.events import RunEvent
 from app.store.runs import runs
 
 RUN_COLUMNS = tuple(c.name for c in runs.c)
-_JSON_RUN_COLUMNS = frozenset({"metadata", "result", "error", "checkpoint"})
+_JSON_RUN_COLUMNS = frozenset({"metadata", "result", "error", "checkpoint", "feedback"})
 
 _EVENTS_FROM = (
     "INSERT INTO run_events (run_id, seq, type, data, created_at) "

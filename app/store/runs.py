@@ -59,6 +59,14 @@ class NewRun:
     model_tier: str | None = None
     """The tier the agent's model policy chose (app/agents/routing.py); None: no policy."""
     model_reason: str | None = None
+    experiment: str | None = None
+    variant: str | None = None
+    shadow_of: uuid.UUID | None = None
+    """Set on a shadow run: the live run it copies (see services/rollouts.py)."""
+    shadow_version: str | None = None
+    """Set on a live run sampled for shadowing: the version its shadow will run."""
+    priority: int = 0
+    """Higher is claimed first; shadow runs wait behind live ones."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +107,11 @@ class RunRecord:
     history_len: int
     model_tier: str | None
     model_reason: str | None
+    experiment: str | None = None
+    variant: str | None = None
+    shadow_of: uuid.UUID | None = None
+    shadow_version: str | None = None
+    feedback: dict[str, object] | None = None
 
     def usage(self) -> dict[str, int | float]:
         """The usage totals, as the Run answer and the end events show them."""
@@ -144,7 +157,7 @@ def run_values(run: NewRun, checkpoint: Checkpoint | None) -> dict[str, object]:
         "model": run.model,
         "pattern": run.pattern,
         "status": run.status,
-        "priority": 0,
+        "priority": run.priority,
         "input": run.input,
         "metadata": run.metadata,
         "max_turns": run.max_turns,
@@ -173,6 +186,11 @@ def run_values(run: NewRun, checkpoint: Checkpoint | None) -> dict[str, object]:
         "history_len": run.history_len,
         "model_tier": run.model_tier,
         "model_reason": run.model_reason,
+        "experiment": run.experiment,
+        "variant": run.variant,
+        "shadow_of": run.shadow_of,
+        "shadow_version": run.shadow_version,
+        "feedback": None,
     }
 
 
@@ -195,7 +213,8 @@ async def get_run(
     `lock`: held for this transaction (PostgreSQL; SQLite locks the whole file anyway)."""
     stmt = select(runs).where(runs.c.id == run_id)
     if not owner.is_admin:
-        stmt = stmt.where(runs.c.user_id == owner.user_id)
+        # A shadow run is the operator's: its user never learns it exists.
+        stmt = stmt.where(runs.c.user_id == owner.user_id, runs.c.shadow_of.is_(None))
     if lock:
         stmt = stmt.with_for_update()
     row = (await conn.execute(stmt)).mappings().first()
