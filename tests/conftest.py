@@ -28,7 +28,10 @@ BOB = {"Authorization": "Bearer bob-key"}
 ROOT = {"Authorization": "Bearer root-key"}
 
 SettingsFactory = Callable[..., Settings]
-TABLES = "run_events, llm_calls, tool_calls, runs, sessions, api_keys, users, budget_overrides"
+TABLES = (
+    "run_events, llm_calls, tool_calls, runs, sessions, api_keys, users, budget_overrides,"
+    " traffic_policies, run_feedback"
+)
 
 
 def pg_execute(dsn: str, sql: str) -> None:
