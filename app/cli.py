@@ -1,4 +1,5 @@
-"""`agentsvc serve | worker | migrate | keys create | budgets set|clear`."""
+"""`agentsvc serve | worker | migrate | keys create | budgets set|clear | policy show|set |
+experiments report`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
+from app.cli_policy import policy
 from app.settings import Role, Settings
 
 if TYPE_CHECKING:
@@ -22,6 +24,11 @@ keys = typer.Typer(no_args_is_help=True, help="Manage API keys.")
 cli.add_typer(keys, name="keys")
 budgets = typer.Typer(no_args_is_help=True, help="Manage per-user token budgets.")
 cli.add_typer(budgets, name="budgets")
+experiments = typer.Typer(
+    no_args_is_help=True, help="Compare agent versions, A/B variants and shadow versions."
+)
+cli.add_typer(experiments, name="experiments")
+cli.add_typer(policy, name="policy")
 
 
 def _settings() -> Settings:
@@ -177,6 +184,41 @@ def _edit_budget(user: str, tokens: int | None, *, clear: bool) -> None:
             await budget_store.delete_override(conn, user)
 
     with_db(edit)
+
+
+@experiments.command("report")
+def experiments_report(
+    agent: Annotated[str, typer.Argument(help="The agent")],
+    since: Annotated[
+        str | None,
+        typer.Option(help="Start: 24h or 7d (ago), or ISO 8601 with a timezone [default: 24h]"),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End, excluded: ISO 8601 with a timezone [default: now]")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print GET /agent/experiments/{agent}'s JSON")
+    ] = False,
+) -> None:
+    """Compare the agent's versions, variants and shadows over runs created in a window."""
+    from datetime import UTC, datetime
+
+    from app.cli_report import parse_when, render_report, report_work
+    from app.errors import AppError
+
+    now = datetime.now(UTC)
+    window: dict[str, datetime | None] = {}
+    for hint, text in (("--since", since), ("--until", until)):
+        try:
+            window[hint] = None if text is None else parse_when(text, now=now)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
+    try:
+        report = with_db(report_work(agent, window["--since"], window["--until"], now=now))
+    except AppError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(report.model_dump_json(indent=2) if as_json else render_report(report))
 
 
 def with_db(work: Callable[[Settings, Database], Awaitable[T]]) -> T:

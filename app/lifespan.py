@@ -25,7 +25,8 @@ from app.bus.events import EventBus, InProcessBus
 from app.bus.ratelimit import build_rate_limiter
 from app.bus.redis_events import RedisBus
 from app.bus.wakeups import Wakeups
-from app.jobs.executor import RunExecutor, Runtime
+from app.jobs.executor import RunExecutor
+from app.jobs.runtime import Runtime
 from app.jobs.ssrf import GuardedTransport
 from app.jobs.webhook_delivery import RetrySchedule
 from app.jobs.webhooks import WebhookDispatcher

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import admin, approvals, jobs, ops, sessions, stream, sync, usage
+from app.api import (
+    admin,
+    approvals,
+    experiments,
+    feedback,
+    jobs,
+    ops,
+    policies,
+    sessions,
+    stream,
+    sync,
+    usage,
+)
 from app.api.limits import BodySizeLimit
 from app.api.schemas import Problem
 from app.errors import TooManyRequests, install_error_handlers, problem_responses
@@ -30,6 +42,9 @@ def create_app(settings: Settings) -> FastAPI:
         approvals.router,
         usage.router,
         admin.router,
+        policies.router,
+        feedback.router,
+        experiments.router,
     ):
         # Every authenticated route may answer 429 (rate limit; budget on new runs).
         app.include_router(router, responses=problem_responses(TooManyRequests))

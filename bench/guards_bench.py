@@ -32,7 +32,8 @@ from pathlib import Path
 
 import uvloop
 
-from app.jobs.executor import RunExecutor, build_spec
+from app.jobs.executor import RunExecutor
+from app.jobs.runtime import build_spec
 from app.lifespan import open_services
 from app.llm.cache import cache_scope
 from app.llm.types import LLMRequest, ToolSpec

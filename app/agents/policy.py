@@ -67,6 +67,23 @@ class Shadow(BaseModel):
     """Share of live requests (0–1) copied to the shadow version."""
 
 
+@dataclass(frozen=True, slots=True)
+class VersionSample:
+    """A version's latest finished live runs, as the rollback rule judges them."""
+
+    runs: int
+    failed: int
+    p95_latency_s: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / self.runs if self.runs else 0.0
+
+
+class CanaryRegressed(Exception):
+    """The canary is worse than stable beyond the rule's margin."""
+
+
 class RollbackRule(BaseModel):
     """When a canary is switched off: compared with stable over each one's latest runs."""
 
@@ -81,6 +98,31 @@ class RollbackRule(BaseModel):
     max_p95_latency_ratio: Annotated[float, Field(ge=1.0, le=100.0)] = 1.5
     """Canary p95 latency above stable's times this rolls back."""
 
+    def check(self, canary: VersionSample, stable: VersionSample) -> None:
+        """Raise CanaryRegressed when `canary` is worse than `stable` beyond the margins.
+        Nothing is judged before the canary has `min_runs` runs; latency only once stable
+        has as many (a ratio to a handful of runs says nothing)."""
+        if canary.runs < self.min_runs:
+            return
+        increase = canary.error_rate - stable.error_rate
+        if increase > self.max_error_rate_increase:
+            raise CanaryRegressed(
+                f"error rate {canary.error_rate:.1%} over its last {canary.runs} runs against "
+                f"stable's {stable.error_rate:.1%} over {stable.runs} (+{increase:.1%}, "
+                f"allowed +{self.max_error_rate_increase:.1%})"
+            )
+        if (
+            stable.runs >= self.min_runs
+            and canary.p95_latency_s is not None
+            and stable.p95_latency_s is not None
+            and canary.p95_latency_s > stable.p95_latency_s * self.max_p95_latency_ratio
+        ):
+            raise CanaryRegressed(
+                f"p95 latency {canary.p95_latency_s:.3f} s over its last {canary.runs} runs "
+                f"against stable's {stable.p95_latency_s:.3f} s over {stable.runs} "
+                f"(allowed x{self.max_p95_latency_ratio:g})"
+            )
+
 
 class Rollback(BaseModel):
     """What the automatic rollback did, shown on the policy."""
@@ -92,18 +134,18 @@ class Rollback(BaseModel):
     reason: str
 
 
-class TrafficPolicy(BaseModel):
-    """An agent's traffic policy, as an admin sets it and as it is stored."""
+class PolicySpec(BaseModel):
+    """An agent's traffic policy as an admin writes it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     stable: VersionName
+    """The version that serves everyone the canary and the experiment do not."""
     canary: Canary | None = None
     experiment: Experiment | None = None
     shadow: Shadow | None = None
     rollback: RollbackRule = RollbackRule()
-    last_rollback: Rollback | None = None
-    """Set by the automatic rollback; kept until an admin sets a new canary."""
+    """When the canary is switched off automatically."""
 
     def versions(self) -> set[str]:
         """Every version the policy names."""
@@ -119,6 +161,13 @@ class TrafficPolicy(BaseModel):
     def live_canary(self) -> Canary | None:
         """The canary when it takes traffic."""
         return self.canary if self.canary is not None and self.canary.weight > 0 else None
+
+
+class TrafficPolicy(PolicySpec):
+    """An agent's traffic policy as it is stored and in force."""
+
+    last_rollback: Rollback | None = None
+    """Set by the automatic rollback; kept until an admin sets a canary of another version."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from app.api.ops_schemas import (
     ToolRead,
     TraceRead,
 )
-from app.api.schemas import RoutingRead
+from app.api.schemas import FeedbackRead, RoutingRead
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     NotFound,
@@ -70,7 +70,8 @@ async def metrics(services: ServicesDep) -> Response:
     responses=problem_responses(Unauthorized, TooManyRequests),
 )
 async def list_agents(_: PrincipalDep, services: ServicesDep) -> AgentCatalog:
-    """Agents, their versions, and the tools each may call with risk and JSON schema."""
+    """Agents, their versions and traffic policies, and the tools each may call with risk
+    and JSON schema."""
     registry = services.registry
     settings = services.settings
     agents = []
@@ -82,6 +83,7 @@ async def list_agents(_: PrincipalDep, services: ServicesDep) -> AgentCatalog:
                 name=agent.name,
                 description=agent.description,
                 stable=agent.stable,
+                policy=(await services.executor.policies.state(agent.name)).policy,
                 versions=[
                     AgentVersionRead(
                         version=v.version,
@@ -128,4 +130,5 @@ async def get_trace(job_id: str, principal: PrincipalDep, services: ServicesDep)
         routing=RoutingRead.from_run(run),
         llm_calls=[LLMCallRead.model_validate(c) for c in trace.llm_calls],
         tool_calls=[ToolCallRead.model_validate(c) for c in trace.tool_calls],
+        feedback=[FeedbackRead.model_validate(f, from_attributes=True) for f in trace.feedback],
     )

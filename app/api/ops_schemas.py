@@ -6,7 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from app.api.schemas import RoutingRead
+from app.agents.policy import TrafficPolicy
+from app.api.schemas import FeedbackRead, RoutingRead
 
 
 class LLMCallRead(BaseModel):
@@ -47,6 +48,9 @@ class TraceRead(BaseModel):
     """How the run's model was chosen, when the agent's model policy chose it."""
     llm_calls: list[LLMCallRead]
     tool_calls: list[ToolCallRead]
+    feedback: list[FeedbackRead] = []
+    """The owner's ratings of the run, oldest first (the last is current); comments through
+    the output filter, except for admins."""
 
 
 class ToolRead(BaseModel):
@@ -79,6 +83,9 @@ class AgentRead(BaseModel):
     name: str
     description: str
     stable: str
+    """The version the agent declares stable (its traffic policy may name another)."""
+    policy: TrafficPolicy
+    """Its traffic policy in force: stable, canary, A/B experiment, shadow."""
     versions: list[AgentVersionRead]
     tools: list[ToolRead]
 

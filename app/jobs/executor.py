@@ -9,90 +9,30 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from redis.asyncio import Redis
-
-from app.agents.definition import AgentVersion
-from app.agents.registry import AgentRegistry, UnknownAgent
+from app.agents.registry import UnknownAgent
 from app.bus.cache import build_response_store
-from app.bus.events import EventBus
-from app.bus.wakeups import Wakeups
-from app.guards.limits import RunLimits, lowest
-from app.guards.redact import Redactor
-from app.jobs.resilience import Resilience, build_breakers, call_timeout_s
+from app.jobs.resilience import Resilience, build_breakers
+from app.jobs.runtime import Runtime, build_spec
 from app.jobs.waiting import wait_any
 from app.jobs.webhooks import render_webhook
 from app.llm.budgeted import BudgetedModel
 from app.llm.cache import CachedModel, cache_scope
-from app.llm.providers import Providers
 from app.llm.types import ModelClient
 from app.observability.metrics import RUNS_IN_FLIGHT
 from app.runner.errors import LeaseLost
 from app.runner.events import EventType, RunEvent
 from app.runner.loop import GuardedRunner, RunSpec
 from app.runner.protocols import ApprovalDecision, Failed, Step
+from app.runner.shadow import ShadowReplay
 from app.runner.state import Checkpoint
 from app.services.budgets import BudgetKeeper
 from app.services.rollouts import PolicyBook
-from app.settings import Settings
 from app.store import approvals
-from app.store.db import Database
 from app.store.queue import renew_leases
 from app.store.run_store import SqlRunStore
-from app.store.runs import RunRecord
-from app.tools.base import ToolContext
+from app.store.runs import RunRecord, tool_results
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Runtime:
-    """What every run needs, built once in the lifespan."""
-
-    settings: Settings
-    db: Database
-    providers: Providers
-    registry: AgentRegistry
-    tool_context: ToolContext
-    wakeups: Wakeups
-    bus: EventBus
-    """Where the runner publishes events live, after (deltas: before) they are committed."""
-    redis: Redis | None = None
-    """Shared state between replicas (budgets, cache, breakers, rate limits); None: this
-    process's own stand-ins."""
-
-
-def build_spec(
-    rt: Runtime,
-    *,
-    run_id: str,
-    agent: str,
-    version: AgentVersion,
-    model_ref: str,
-    max_turns: int,
-    timeout_s: float,
-    stream: bool = False,
-) -> RunSpec:
-    """The runner's view of a run: resolved model, allowlist and limits."""
-    provider, _, model = model_ref.partition("/")
-    return RunSpec(
-        run_id=run_id,
-        agent=agent,
-        agent_version=version.version,
-        provider=provider,
-        model=model,
-        tools=frozenset(version.tools),
-        limits=RunLimits(
-            max_turns=max_turns,
-            timeout_s=timeout_s,
-            llm_timeout_s=call_timeout_s(rt.settings, version),
-            max_run_tokens=lowest(version.max_run_tokens, rt.settings.max_run_tokens),
-            max_run_cost_usd=lowest(version.max_run_cost_usd, rt.settings.max_run_cost_usd),
-        ),
-        temperature=version.temperature,
-        max_output_tokens=version.max_output_tokens,
-        stream=stream,
-        redactor=Redactor(entities=version.redact),
-    )
 
 
 @dataclass
@@ -165,13 +105,15 @@ class RunExecutor:
         around every LLM call (the one place they are composed, outermost first)."""
         # Resilience, innermost: fallback chain → circuit breaker → retries → provider.
         client = self.resilience.model_client(spec)
-        # Budget: reserve the call's worst case from the user's budget, settle to its usage.
-        client = BudgetedModel(
-            client,
-            user_id=user_id,
-            budgets=self.budgets,
-            call_timeout_s=spec.limits.llm_timeout_s,
-        )
+        if spec.shadow is None:
+            # Budget: reserve the call's worst case from the user's budget, settle to its
+            # usage. Shadow runs are the operator's experiment: costed, never the user's.
+            client = BudgetedModel(
+                client,
+                user_id=user_id,
+                budgets=self.budgets,
+                call_timeout_s=spec.limits.llm_timeout_s,
+            )
         # Prompt cache, outermost: a hit reaches neither the budget nor the provider.
         client = self._cached(client, spec, user_id=user_id)
         return client
@@ -204,6 +146,10 @@ class RunExecutor:
         except UnknownAgent as exc:
             await self._fail_unrunnable(run, checkpoint, str(exc))
             return
+        shadow = None
+        if run.shadow_of is not None:
+            async with self.rt.db.read() as conn:
+                shadow = ShadowReplay.of(await tool_results(conn, run.shadow_of))
         spec = build_spec(
             self.rt,
             run_id=str(run.id),
@@ -213,6 +159,7 @@ class RunExecutor:
             max_turns=run.max_turns,
             timeout_s=run.timeout_s,
             stream=run.pattern == "stream",
+            shadow=shadow,
         )
         self.start(
             spec,

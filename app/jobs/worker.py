@@ -12,6 +12,8 @@ from app.jobs.waiting import wait_any
 from app.jobs.webhooks import WebhookDispatcher, render_webhook
 from app.observability.recording import observe_claims, observe_queue
 from app.services import approvals as approval_service
+from app.services.canary import check_canaries
+from app.services.shadows import queue_due_shadows
 from app.store import queue
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,9 @@ class Worker:
                 await wait_any(poll_s, ready, self.stopping)
 
     async def maintain_once(self) -> None:
-        """Re-queue runs whose worker died, end those that died too often, expire approvals;
-        count the queue for the metrics."""
+        """Re-queue runs whose worker died, end those that died too often, expire approvals,
+        queue the shadow runs of live runs that ended, roll back regressed canaries; count
+        the queue for the metrics."""
         settings = self._rt.settings
         async with self._rt.db.transaction() as conn:
             requeued = await queue.reap_expired(
@@ -96,6 +99,8 @@ class Worker:
             log.warning("re-queued %d runs whose worker stopped renewing its lease", len(requeued))
             self._rt.wakeups.ready()
         await approval_service.expire_due(self._rt)
+        await queue_due_shadows(self._rt)
+        await check_canaries(self._rt.db, self._executor.policies)
         async with self._rt.db.read() as conn:
             depth, oldest = await queue.pending_summary(conn)
         observe_queue(depth, oldest, now=datetime.now(UTC))

@@ -9,7 +9,8 @@ a dead process's gauges are dropped (its counters and histograms stay in the tot
 What records what: `app.observability.recording` (runs, LLM and tool calls, overhead,
 claims, queue), called from the run store's commit, the queue and the worker; the
 executor (in-flight runs), the providers (time to first token, `timing.py`), webhook
-delivery, and the cost, cache and resilience guards (their own counters).
+delivery, the cost, cache and resilience guards (their own counters), and the feedback
+service (ratings, after they are committed).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ SESSIONS = Counter(
     " session of its own); average cost per session = run cost sum / sessions",
     ["agent"],
 )
+CANARY_ROLLBACKS = Counter(
+    "agentsvc_canary_rollbacks",
+    "Canary versions switched off automatically for regressing against stable",
+    ["agent"],
+)
 RUNS_IN_FLIGHT = Gauge(
     "agentsvc_runs_in_flight",
     "Runs being driven now (summed over the host's live processes)",
@@ -62,6 +68,14 @@ OVERHEAD = Histogram(
     "Service time of a run step (from the previous commit to this one) minus the time spent"
     " waiting on the model call or the tool call it made",
     buckets=FAST_BUCKETS,
+)
+
+# User feedback
+FEEDBACK = Counter(
+    "agentsvc_feedback",
+    "Ratings users gave their runs, by agent, version and rating (up, down); a changed"
+    " rating counts again (the current ones are in GET /agent/feedback)",
+    ["agent", "version", "rating"],
 )
 
 # LLM calls

@@ -97,6 +97,10 @@ def observe_run_end(run: RunRecord, *, session_cost_usd: float | None) -> None:
     """A run that reached completed, failed or cancelled. `session_cost_usd`: the cost of
     its session so far, this run included (None for a run outside a session)."""
     RUNS.labels(run.agent, run.status, run.pattern).inc()
+    if run.shadow_of is not None:
+        # A shadow run's errors and latency are the experiment's, not the service's: they
+        # stay out of the series the alerts watch (the experiments report compares them).
+        return
     if run.status == "failed":
         error_type = (run.error or {}).get("type", "internal")
         RUN_ERRORS.labels(run.agent, str(error_type)).inc()

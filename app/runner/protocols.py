@@ -10,7 +10,11 @@ from app.llm.types import JsonObject, TokenUsage
 from app.runner.events import RunEvent
 from app.runner.state import Checkpoint
 
-ToolStatus = Literal["started", "ok", "refused", "invalid", "error", "in_doubt"]
+ToolStatus = Literal[
+    "started", "ok", "refused", "invalid", "error", "in_doubt", "replayed", "simulated"
+]
+"""`replayed` and `simulated`: a shadow run's call answered without executing it
+(app/runner/shadow.py)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

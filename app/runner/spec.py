@@ -10,6 +10,7 @@ from app.guards.limits import RunLimits
 from app.guards.redact import Redactor
 from app.llm.types import Message
 from app.runner.events import EventType, RunEvent
+from app.runner.shadow import ShadowReplay
 from app.runner.state import Checkpoint
 
 StopReason = Literal["cancel", "suspend"]
@@ -32,6 +33,8 @@ class RunSpec:
     """Ask the provider to stream and emit `llm.delta` events."""
     redactor: Redactor = Redactor()
     """Filters what users see of the run (events, output, errors); the trace keeps the raw."""
+    shadow: ShadowReplay | None = None
+    """Set for a shadow run: only read-only tools execute, others are answered from this."""
 
 
 def start_run(

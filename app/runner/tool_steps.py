@@ -33,6 +33,10 @@ class ToolSteps(RunnerBase):
         }
         call_event = self._event(cp, EventType.TOOL_CALL, call_data)
         decision = check_tool_call(call, allowed=self._spec.tools, registry=self._tools)
+        if self._spec.shadow is not None and _changes_something(decision):
+            assert not isinstance(decision, Reject)
+            await self._shadow_tool(cp, key, index, call, decision, call_event)
+            return None
         match decision:
             case Reject(verdict, message):
                 await self._tool_done(cp, key, index, call, verdict, message, None, [call_event])
@@ -77,6 +81,22 @@ class ToolSteps(RunnerBase):
             case _:
                 assert_never(decision)
         return None
+
+    async def _shadow_tool(
+        self,
+        cp: Checkpoint,
+        key: str,
+        index: int,
+        call: ToolCall,
+        decision: Allow | RequireApproval,
+        call_event: RunEvent,
+    ) -> None:
+        """A shadow run's call answered from the live run's result, or not at all."""
+        assert self._spec.shadow is not None
+        arguments = decision.args.model_dump(mode="json")
+        replayed, text = self._spec.shadow.answer(decision.tool.name, arguments)
+        status: ToolStatus = "replayed" if replayed else "simulated"
+        await self._tool_done(cp, key, index, call, status, text, None, [call_event])
 
     async def _run_tool(
         self,
@@ -134,7 +154,7 @@ class ToolSteps(RunnerBase):
         latency_ms: float | None,
         events: list[RunEvent],
     ) -> None:
-        content = text if status == "ok" else f"error: {text}"
+        content = text if status in ("ok", "replayed") else f"error: {text}"
         cp.messages.append(
             Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
         )
@@ -162,3 +182,17 @@ class ToolSteps(RunnerBase):
             },
         )
         await self._commit(Step(checkpoint=cp, events=[*events, result_event], tool_call=record))
+
+
+def _changes_something(decision: Allow | Reject | RequireApproval) -> bool:
+    """Whether running the call could change the world: any tool not declared read-only,
+    and any call that needs a human's approval."""
+    match decision:
+        case Reject():
+            return False
+        case Allow(tool, _):
+            return not tool.read_only
+        case RequireApproval():
+            return True
+        case _:
+            assert_never(decision)

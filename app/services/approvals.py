@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from app.guards.tools import describe_errors
-from app.jobs.executor import Runtime
+from app.jobs.runtime import Runtime
 from app.runner.events import EventType
 from app.services.auth import Principal
 from app.store import approvals, queue

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
-from app.agents.policy import Assignment, TrafficPolicy, assign
+from app.agents.policy import Assignment, PolicySpec, TrafficPolicy, assign
 from app.agents.registry import AgentRegistry, UnknownAgent
 from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from app.services.auth import Principal
@@ -75,6 +75,11 @@ class PolicyBook:
                     await self.reload()
         return self._states.get(agent) or self._default(agent)
 
+    async def states(self) -> list[PolicyState]:
+        """Every stored policy in force, read afresh."""
+        await self.reload()
+        return list(self._states.values())
+
     async def assign(self, agent: str, user_id: str) -> Assignment:
         """The version that serves this request of `user_id` (and a shadow copy, if drawn)."""
         state = await self.state(agent)
@@ -123,7 +128,7 @@ class PolicyBook:
         self._fresh_until = float("-inf")
 
 
-def check_versions(registry: AgentRegistry, agent: str, policy: TrafficPolicy) -> None:
+def check_versions(registry: AgentRegistry, agent: str, policy: PolicySpec) -> None:
     """Every version the policy names must be one the agent declares."""
     if agent not in registry.agents:
         raise UnknownAgent(f"unknown agent {agent!r}")
@@ -152,7 +157,7 @@ async def set_policy(
     db: Database,
     principal: Principal | None,
     agent: str,
-    policy: TrafficPolicy,
+    spec: PolicySpec,
     *,
     expect_revision: int | None = None,
 ) -> PolicyState:
@@ -161,7 +166,7 @@ async def set_policy(
     if principal is not None and principal.role != "admin":
         raise Forbidden("only admins may change traffic policies")
     _known_agent(registry, agent)
-    check_versions(registry, agent, policy)
+    check_versions(registry, agent, spec)
     async with db.transaction() as conn:
         current = await policy_store.get_policy(conn, agent, lock=True)
         revision = None if current is None else current.revision
@@ -169,7 +174,7 @@ async def set_policy(
             raise Conflict(
                 f"the policy of {agent} is at revision {revision or 0}, not {expect_revision}"
             )
-        policy = _keep_rollback_record(current, policy)
+        policy = _keep_rollback_record(current, spec)
         try:
             record = await policy_store.put_policy(
                 conn,
@@ -187,7 +192,7 @@ async def set_policy(
     return await book.state(agent)
 
 
-def _keep_rollback_record(current: PolicyRecord | None, policy: TrafficPolicy) -> TrafficPolicy:
+def _keep_rollback_record(current: PolicyRecord | None, policy: PolicySpec) -> TrafficPolicy:
     """`last_rollback` is the service's to write: it stays on the policy until an admin sets
     a canary of another version, whatever the new policy says."""
     last = None if current is None else current.policy.get("last_rollback")

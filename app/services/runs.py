@@ -16,7 +16,8 @@ from app.agents.routing import route_run
 from app.api.schemas import RunCreate
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.guards.redact import Redactor
-from app.jobs.executor import RunExecutor, build_spec
+from app.jobs.executor import RunExecutor
+from app.jobs.runtime import build_spec
 from app.jobs.ssrf import UnsafeURL, check_callback_url
 from app.jobs.webhooks import render_webhook
 from app.llm.types import Message
@@ -277,11 +278,15 @@ def redactor_for(registry: AgentRegistry, agent: str, version: str | None) -> Re
 
 
 def filter_trace(trace: Trace, redactor: Redactor) -> Trace:
-    """The trace with every prompt, answer, argument and result filtered."""
+    """The trace with every prompt, answer, argument, result and rating comment filtered."""
     text_fields = ("request", "response", "error", "arguments", "result")
     return Trace(
         llm_calls=[_filtered(c, redactor, text_fields) for c in trace.llm_calls],
         tool_calls=[_filtered(c, redactor, text_fields) for c in trace.tool_calls],
+        feedback=[
+            f if f.comment is None else replace(f, comment=redactor.redact(f.comment))
+            for f in trace.feedback
+        ],
     )
 
 

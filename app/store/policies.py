@@ -10,6 +10,7 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.models import TrafficPolicy
+from app.store.runs import runs
 
 policies_t = cast(Table, TrafficPolicy.__table__)
 
@@ -75,3 +76,30 @@ async def put_policy(
     if result.rowcount == 0:
         return None
     return PolicyRecord(agent=agent, revision=expect_revision + 1, **values)  # type: ignore[arg-type]
+
+
+async def latest_outcomes(
+    conn: AsyncConnection, agent: str, version: str, *, limit: int
+) -> list[tuple[bool, float | None]]:
+    """The agent version's latest finished live runs as (failed, seconds from start to
+    end), newest first. Cancelled and shadow runs are left out."""
+    rows = await conn.execute(
+        select(runs.c.status, runs.c.started_at, runs.c.finished_at)
+        .where(
+            runs.c.agent == agent,
+            runs.c.agent_version == version,
+            runs.c.shadow_of.is_(None),
+            runs.c.status.in_(("completed", "failed")),
+        )
+        .order_by(runs.c.created_at.desc())
+        .limit(limit)
+    )
+    return [
+        (
+            r.status == "failed",
+            None
+            if r.started_at is None or r.finished_at is None
+            else (r.finished_at - r.started_at).total_seconds(),
+        )
+        for r in rows
+    ]

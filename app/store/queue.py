@@ -211,3 +211,25 @@ async def reap_expired(
 async def request_cancel(conn: AsyncConnection, run_id: uuid.UUID) -> None:
     """Flag a running run; its holder stops at the next step boundary."""
     await conn.execute(update(runs).where(runs.c.id == run_id).values(cancel_requested=True))
+
+
+async def take_shadow_due(conn: AsyncConnection, *, limit: int = 50) -> list[RunRecord]:
+    """Live runs sampled for shadowing that have ended, their mark cleared (the caller
+    queues their shadow runs in the same transaction). Returns them as they were."""
+    picked = (
+        select(runs.c.id)
+        .where(
+            runs.c.shadow_version.is_not(None),
+            runs.c.status.in_(("completed", "failed", "cancelled")),
+        )
+        .order_by(runs.c.finished_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = (await conn.execute(select(runs).where(runs.c.id.in_(picked)))).mappings().all()
+    due = [record_from_row(r) for r in rows]
+    if due:
+        await conn.execute(
+            update(runs).where(runs.c.id.in_([r.id for r in due])).values(shadow_version=None)
+        )
+    return due

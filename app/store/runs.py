@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.runner.events import RunEvent
 from app.runner.state import Checkpoint
+from app.store.feedback import FeedbackRecord, history
 from app.store.models import LLMCall, Run, ToolCallRow
 from app.store.models import RunEvent as RunEventRow
 
@@ -233,10 +234,12 @@ def record_from_row(row: Mapping[Any, Any]) -> RunRecord:
 class Trace:
     llm_calls: list[dict[str, object]]
     tool_calls: list[dict[str, object]]
+    feedback: list[FeedbackRecord] = field(default_factory=list)
+    """The owner's ratings of the run, oldest first (the last one is current)."""
 
 
 async def get_trace(conn: AsyncConnection, run_id: uuid.UUID) -> Trace:
-    """Every LLM call and tool call of a run, in order. Check ownership first."""
+    """Every LLM call and tool call of a run, in order, and its ratings. Check ownership first."""
     llm = await conn.execute(
         select(llm_calls_t).where(llm_calls_t.c.run_id == run_id).order_by(llm_calls_t.c.id)
     )
@@ -246,4 +249,22 @@ async def get_trace(conn: AsyncConnection, run_id: uuid.UUID) -> Trace:
     return Trace(
         llm_calls=[dict(r) for r in llm.mappings()],
         tool_calls=[dict(r) for r in tools.mappings()],
+        feedback=await history(conn, run_id),
     )
+
+
+async def tool_results(
+    conn: AsyncConnection, run_id: uuid.UUID
+) -> list[tuple[str, dict[str, object], str, str | None]]:
+    """A run's tool calls as (name, arguments, status, result), in order."""
+    rows = await conn.execute(
+        select(
+            tool_calls_t.c.name,
+            tool_calls_t.c.arguments,
+            tool_calls_t.c.status,
+            tool_calls_t.c.result,
+        )
+        .where(tool_calls_t.c.run_id == run_id)
+        .order_by(tool_calls_t.c.id)
+    )
+    return [(r.name, r.arguments, r.status, r.result) for r in rows]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,18 +34,12 @@ from tests.support.cost import (
     metric,
     redis_url,
 )
+from tests.support.polling import until
 
 __all__ = ["make_settings", "redis_url"]  # fixtures
 
 AGENTS = "tests.support.budget_agents"
 PROBLEM = "application/problem+json"
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def usage_of(client: AsyncClient, headers: dict[str, str]) -> dict[str, object]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 from httpx import AsyncClient
@@ -12,22 +11,12 @@ from httpx import AsyncClient
 from tests.conftest import ALICE, BOB, SettingsFactory
 from tests.fakes.llm_server import HangReply, TextReply, ToolCallReply, serve_fake_openai
 from tests.support.app import running_app
+from tests.support.polling import until
 
 ANN = {"Authorization": "Bearer ann-key"}
 ROOT = {"Authorization": "Bearer root-key"}
 FAST = {"poll_interval_s": 0.05}
 CUSTOM = "tests.support.custom_agents"
-
-
-async def until(
-    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def status_of(client: AsyncClient, job: str) -> dict[str, object]:

@@ -12,8 +12,7 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import httpx
 import pytest
 import redis.asyncio as redis
 from httpx import AsyncClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.observability.multiprocess import MetricsSetupError
 from tests.conftest import ALICE, API_KEYS, TABLES, SettingsFactory, pg_execute
@@ -38,6 +36,8 @@ from tests.fakes.webhook_receiver import serve_receiver
 from tests.integration.test_cli import free_port
 from tests.integration.test_webhooks_api import SECRET
 from tests.support.app import running_app
+from tests.support.metrics import Delta, Scrape, scrape
+from tests.support.polling import until
 from tests.support.sse import collect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,50 +45,6 @@ METRICS_REDIS = "redis://127.0.0.1:6379/14"
 CUSTOM = "tests.support.custom_agents"
 AGENT = "worker-agent"
 MODEL = {"provider": "openai", "model": "gpt-4o-mini"}
-
-Labels = frozenset[tuple[str, str]]
-
-
-class Scrape:
-    """One parsed exposition: sample values by name and labels."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.samples: dict[tuple[str, Labels], float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                key = (sample.name, frozenset(sample.labels.items()))
-                self.samples[key] = sample.value
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sample, 0 when absent (a labelled series appears at its first use)."""
-        return self.samples.get((name, frozenset(labels.items())), 0.0)
-
-
-class Delta:
-    """What changed between two scrapes."""
-
-    def __init__(self, before: Scrape, after: Scrape) -> None:
-        self.before, self.after = before, after
-
-    def __call__(self, name: str, **labels: str) -> float:
-        return self.after.value(name, **labels) - self.before.value(name, **labels)
-
-
-async def scrape(client: AsyncClient) -> Scrape:
-    response = await client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return Scrape(response.text)
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def run_sync(client: AsyncClient, text: str, agent: str = AGENT) -> dict[str, object]:

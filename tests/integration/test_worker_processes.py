@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.conftest import ALICE, API_KEYS, TABLES, pg_execute
 from tests.fakes.loopback import serve_app
 from tests.fakes.script_server import script_app
 from tests.support.app import running_app
+from tests.support.polling import until
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,15 +114,6 @@ async def cluster(pg_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
             c.stop_all()
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def submit_all(cluster: Cluster, scripts: list[str]) -> list[str]:
     jobs = []
     async with running_app(cluster.settings()) as client:
@@ -172,12 +163,12 @@ async def test_kill_9_mid_run_every_run_finishes_once(cluster: Cluster) -> None:
     scripts = [f"nap 0.4; tally a{i}; nap 0.4; tally b{i}; calc {i}*3" for i in range(6)]
     jobs = await submit_all(cluster, scripts)
     a = cluster.start("a")
-    await until(all_in(cluster, jobs, "running"), 20, "worker a to claim every run")
+    await until(all_in(cluster, jobs, "running"), "worker a to claim every run", timeout_s=20)
     await asyncio.sleep(0.6)
     a.send_signal(signal.SIGKILL)
     a.wait(10)
     cluster.start("b")
-    await until(all_in(cluster, jobs, "completed"), 60, "worker b to finish every run")
+    await until(all_in(cluster, jobs, "completed"), "worker b to finish every run", timeout_s=60)
 
     await assert_nothing_twice(cluster, jobs)
     rows = await cluster.query("SELECT crashes, attempt, result FROM runs")
@@ -191,7 +182,7 @@ async def test_two_workers_race_for_one_run(cluster: Cluster) -> None:
     (job,) = await submit_all(cluster, ["delay 0.2; nap 0.2; tally once"])
     cluster.start("a")
     cluster.start("b")
-    await until(all_in(cluster, [job], "completed"), 30, "the run to finish")
+    await until(all_in(cluster, [job], "completed"), "the run to finish", timeout_s=30)
     (run,) = await cluster.query("SELECT attempt, crashes FROM runs")
     assert run["attempt"] == 1
     assert run["crashes"] == 0
@@ -202,10 +193,12 @@ async def test_two_workers_race_for_one_run(cluster: Cluster) -> None:
 async def test_stopped_worker_writes_nothing_after_losing_its_lease(cluster: Cluster) -> None:
     (job,) = await submit_all(cluster, ["nap 2.5; tally z"])
     a = cluster.start("a")
-    await until(lambda: _tool_started(cluster, job, "nap"), 20, "worker a to start the nap")
+    await until(
+        lambda: _tool_started(cluster, job, "nap"), "worker a to start the nap", timeout_s=20
+    )
     a.send_signal(signal.SIGSTOP)
     cluster.start("b")
-    await until(all_in(cluster, [job], "completed"), 30, "worker b to finish the run")
+    await until(all_in(cluster, [job], "completed"), "worker b to finish the run", timeout_s=30)
     events_before = await cluster.query("SELECT seq FROM run_events ORDER BY seq")
     a.send_signal(signal.SIGCONT)
     await asyncio.sleep(3.5)  # a wakes inside its nap, finishes it, and tries to commit
@@ -234,7 +227,9 @@ async def _tool_started(cluster: Cluster, job: str, name: str) -> bool:
 async def test_sigterm_finishes_the_step_and_hands_the_run_back(cluster: Cluster) -> None:
     (job,) = await submit_all(cluster, ["nap 1.5; tally w; calc 6*7"])
     a = cluster.start("a")
-    await until(lambda: _tool_started(cluster, job, "nap"), 20, "worker a to start the nap")
+    await until(
+        lambda: _tool_started(cluster, job, "nap"), "worker a to start the nap", timeout_s=20
+    )
     a.send_signal(signal.SIGTERM)
     assert a.wait(20) == 0
     (run,) = await cluster.query("SELECT status, lease_owner, tool_calls FROM runs")
@@ -243,7 +238,7 @@ async def test_sigterm_finishes_the_step_and_hands_the_run_back(cluster: Cluster
     assert run["tool_calls"] == 1  # the nap finished and was checkpointed
 
     cluster.start("b")
-    await until(all_in(cluster, [job], "completed"), 30, "worker b to finish")
+    await until(all_in(cluster, [job], "completed"), "worker b to finish", timeout_s=30)
     (done,) = await cluster.query("SELECT crashes, result FROM runs")
     assert done["crashes"] == 0
     naps = await cluster.query("SELECT count(*) AS n FROM tool_calls WHERE name = 'nap'")
@@ -255,12 +250,12 @@ async def test_run_that_keeps_killing_workers_ends_interrupted(cluster: Cluster)
     (job,) = await submit_all(cluster, ["nap 20"])
     for attempt, name in enumerate(("a", "b"), start=1):
         worker = cluster.start(name, AGENTSVC_MAX_ATTEMPTS="2")
-        await until(partial(_claimed, cluster, attempt), 20, f"worker {name} to claim")
+        await until(partial(_claimed, cluster, attempt), f"worker {name} to claim", timeout_s=20)
         await asyncio.sleep(0.3)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     cluster.start("c", AGENTSVC_MAX_ATTEMPTS="2")
-    await until(all_in(cluster, [job], "failed"), 20, "the run to be given up")
+    await until(all_in(cluster, [job], "failed"), "the run to be given up", timeout_s=20)
     (run,) = await cluster.query("SELECT error, crashes FROM runs")
     assert run["crashes"] == 2
     assert '"interrupted"' in run["error"]

@@ -116,6 +116,7 @@ class CountingTool:
     name: str
     risk: Risk = Risk.LOW
     idempotent: bool = True
+    read_only: bool = False
     sleep_s: float = 0.0
     error: BaseException | None = None
     calls: int = 0
@@ -137,5 +138,6 @@ class CountingTool:
             fn=self.run,
             risk=self.risk,
             idempotent=self.idempotent,
+            read_only=self.read_only,
             timeout_s=timeout_s,
         )

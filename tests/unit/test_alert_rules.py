@@ -29,6 +29,7 @@ REQUIRED_ALERTS = {
     "ToolFailureRateHigh",
     "QueueLagHigh",
     "CircuitBreakerOpen",
+    "AgentThumbsUpRateDropped",
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 

@@ -14,6 +14,7 @@ from app.runner.errors import LeaseLost
 from app.runner.events import EventType
 from app.runner.loop import GuardedRunner, RunSpec, start_run
 from app.runner.protocols import ApprovalDecision, Cancelled, Completed, Failed, Paused, Suspended
+from app.runner.shadow import ShadowReplay
 from app.runner.state import Checkpoint
 from app.tools.base import Risk, ToolContext, ToolFailure, ToolRegistry
 from tests.support.runner_fakes import (
@@ -39,6 +40,7 @@ def make_runner(
     tool_timeout_s: float = 5.0,
     stream: bool = False,
     decisions: dict[str, ApprovalDecision] | None = None,
+    shadow: ShadowReplay | None = None,
 ) -> GuardedRunner:
     registry = ToolRegistry()
     for t in tools:
@@ -50,6 +52,7 @@ def make_runner(
         tools=frozenset(allowed if allowed is not None else {t.name for t in tools}),
         limits=RunLimits(max_turns=max_turns, timeout_s=timeout_s, llm_timeout_s=llm_timeout_s),
         stream=stream,
+        shadow=shadow,
     )
     ctx = ToolContext(sandbox_dir=Path("/nonexistent"), http=httpx.AsyncClient())
     return GuardedRunner(
