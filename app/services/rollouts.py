@@ -97,23 +97,17 @@ class PolicyBook:
         return PolicyState(agent=agent, policy=TrafficPolicy(stable=stable), revision=0)
 
     def _from_record(self, record: PolicyRecord) -> PolicyState:
+        problem = None
         try:
             policy = TrafficPolicy.model_validate(record.policy)
             check_versions(self._registry, record.agent, policy)
         except (ValidationError, InvalidRequest, UnknownAgent) as exc:
             log.warning("traffic policy of agent %s set aside: %s", record.agent, exc)
-            default = (
+            problem = str(exc)
+            policy = (
                 self._default(record.agent).policy
                 if record.agent in self._registry.agents
                 else TrafficPolicy(stable="?")
-            )
-            return PolicyState(
-                agent=record.agent,
-                policy=default,
-                revision=record.revision,
-                updated_at=record.updated_at,
-                updated_by=record.updated_by,
-                problem=str(exc),
             )
         return PolicyState(
             agent=record.agent,
@@ -121,6 +115,7 @@ class PolicyBook:
             revision=record.revision,
             updated_at=record.updated_at,
             updated_by=record.updated_by,
+            problem=problem,
         )
 
     def forget(self) -> None:

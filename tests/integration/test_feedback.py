@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.store import runs as run_store
 from app.store.db import Database, create_engine
-from app.store.runs import NewRun
 from tests.conftest import ALICE, BOB, ROOT, SettingsFactory
 from tests.support.app import running_app
+from tests.support.runs import new_run
 
 PROBLEM = "application/problem+json"
 MAIL = "write to jane.doe@example.com"
@@ -154,18 +154,10 @@ async def test_a_shadow_run_is_not_found_even_by_its_user(
         async with db.transaction() as conn:
             await run_store.insert_run(
                 conn,
-                NewRun(
+                new_run(
                     id=shadow,
-                    user_id="alice",
-                    agent="assistant",
-                    agent_version="1",
-                    model="local/local-1",
                     pattern="job",
                     status="completed",
-                    input="What is 17*23?",
-                    metadata={},
-                    max_turns=8,
-                    timeout_s=120,
                     created_at=now,
                     shadow_of=uuid.UUID(live),
                 ),

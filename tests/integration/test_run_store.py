@@ -15,8 +15,9 @@ from app.runner.protocols import Completed, LLMCallRecord, Step
 from app.runner.state import Checkpoint
 from app.store.db import Database, create_engine
 from app.store.run_store import SqlRunStore
-from app.store.runs import NewRun, events_t, insert_run, llm_calls_t, runs
+from app.store.runs import events_t, insert_run, llm_calls_t, runs
 from tests.conftest import SettingsFactory
+from tests.support.runs import new_run
 
 
 def render(event_type: str, view: object) -> str:
@@ -26,16 +27,10 @@ def render(event_type: str, view: object) -> str:
 async def make_run(db: Database) -> uuid.UUID:
     run_id = uuid.uuid4()
     now = datetime.now(UTC)
-    run = NewRun(
+    run = new_run(
         id=run_id,
-        user_id="alice",
-        agent="assistant",
-        agent_version="1",
-        model="local/local-1",
-        pattern="sync",
         status="running",
         input="hi",
-        metadata={},
         max_turns=3,
         timeout_s=30,
         created_at=now,

@@ -12,7 +12,8 @@ from sqlalchemy import Table, insert, update
 
 from app.store.db import Database
 from app.store.models import Run, ToolCallRow
-from app.store.runs import NewRun, insert_run
+from app.store.runs import insert_run
+from tests.support.runs import new_run
 
 runs_t = cast(Table, Run.__table__)
 tool_calls_t = cast(Table, ToolCallRow.__table__)
@@ -49,18 +50,10 @@ async def seed_runs(db: Database, seeds: Sequence[Seed]) -> None:
         for seed in seeds:
             await insert_run(
                 conn,
-                NewRun(
+                new_run(
                     id=seed.id,
-                    user_id="alice",
                     agent=seed.agent,
                     agent_version=seed.version,
-                    model="local/local-1",
-                    pattern="sync",
-                    status="pending",
-                    input="What is 17*23?",
-                    metadata={},
-                    max_turns=8,
-                    timeout_s=60.0,
                     created_at=seed.created_at,
                     experiment=seed.experiment,
                     variant=seed.variant,
