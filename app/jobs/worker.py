@@ -50,14 +50,13 @@ class Worker:
             return False
         settings = self._rt.settings
         now = datetime.now(UTC)
-        async with self._rt.db.transaction() as conn:
-            claimed = await queue.claim_runs(
-                conn,
-                owner=self._executor.owner,
-                lease_s=settings.lease_seconds,
-                limit=free,
-                now=now,
-            )
+        claimed = await queue.claim_runs(
+            self._rt.db,
+            owner=self._executor.owner,
+            lease_s=settings.lease_seconds,
+            limit=free,
+            now=now,
+        )
         observe_claims(claimed, now=now)
         for run in claimed:
             await self._executor.start_claimed(run)

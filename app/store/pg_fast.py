@@ -35,6 +35,25 @@ START_RUN = (
     + _EVENTS_FROM.format(src="r", at=len(RUN_COLUMNS) + 1, events=len(RUN_COLUMNS) + 2)
 )
 
+SUBMIT_RUN = (
+    f"WITH r AS (INSERT INTO runs ({', '.join(RUN_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(RUN_COLUMNS)))}) RETURNING id), "
+    "e AS ("
+    + _EVENTS_FROM.format(src="r", at=len(RUN_COLUMNS) + 1, events=len(RUN_COLUMNS) + 2)
+    + f") SELECT pg_notify(${len(RUN_COLUMNS) + 3}, '') FROM r"
+)
+"""A queued run, its first events and the workers' wake-up: sent at the commit that makes
+the run visible, as the statement commits alone."""
+
+CLAIM_RUNS = (
+    "WITH picked AS (SELECT id FROM runs WHERE status = 'pending'"
+    " ORDER BY priority DESC, created_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+    " UPDATE runs SET status = 'running', lease_owner = $2, lease_expires_at = $3,"
+    " attempt = runs.attempt + 1, started_at = COALESCE(runs.started_at, $4)"
+    " FROM picked WHERE runs.id = picked.id RETURNING runs.*"
+)
+"""Take pending runs, most urgent and oldest first, under a lease: atomic on its own."""
+
 LLM_CALL_COLUMNS = (
     "turn",
     "provider",
@@ -103,6 +122,30 @@ async def start_run(
     args = [json_text(values[c]) if c in _JSON_RUN_COLUMNS else values[c] for c in RUN_COLUMNS]
     async with driver(engine) as conn:
         await conn.execute(START_RUN, *args, at, events_text(events))  # type: ignore[attr-defined]
+
+
+async def submit_run(
+    engine: AsyncEngine,
+    values: Mapping[str, object],
+    events: Sequence[RunEvent],
+    at: datetime,
+    *,
+    channel: str,
+) -> None:
+    """Queue a run (`values` holds every column) with its first events, and wake the
+    workers listening on `channel`: one statement."""
+    args = [json_text(values[c]) if c in _JSON_RUN_COLUMNS else values[c] for c in RUN_COLUMNS]
+    async with driver(engine) as conn:
+        await conn.execute(SUBMIT_RUN, *args, at, events_text(events), channel)  # type: ignore[attr-defined]
+
+
+async def claim_runs(
+    engine: AsyncEngine, *, owner: str, lease_expires_at: datetime, limit: int, now: datetime
+) -> list[Mapping[str, object]]:
+    """Claimed runs as whole rows."""
+    async with driver(engine) as conn:
+        rows = await conn.fetch(CLAIM_RUNS, limit, owner, lease_expires_at, now)  # type: ignore[attr-defined]
+    return [dict(r) for r in rows]
 
 
 async def llm_step(

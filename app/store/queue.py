@@ -44,11 +44,17 @@ async def notify(conn: AsyncConnection, channel: str, payload: str = "") -> None
 async def add_run(
     db: Database, run: NewRun, *, checkpoint: Checkpoint, events: Sequence[RunEvent]
 ) -> None:
-    """Store a new run with its first events. A queued one wakes the workers; one this
-    process starts at once goes, on PostgreSQL, as a single statement (the hot path)."""
+    """Store a new run with its first events. A queued one wakes the workers. On
+    PostgreSQL either is a single statement (the hot paths)."""
     queued = run.status == "pending"
-    if db.is_postgres and not queued:
-        await pg_fast.start_run(db.engine, run_values(run, checkpoint), events, run.created_at)
+    if db.is_postgres:
+        values = run_values(run, checkpoint)
+        if queued:
+            await pg_fast.submit_run(
+                db.engine, values, events, run.created_at, channel=READY_CHANNEL
+            )
+        else:
+            await pg_fast.start_run(db.engine, values, events, run.created_at)
         return
     async with db.transaction() as conn:
         await insert_run(conn, run, checkpoint=checkpoint, events=events)
@@ -57,9 +63,16 @@ async def add_run(
 
 
 async def claim_runs(
-    conn: AsyncConnection, *, owner: str, lease_s: float, limit: int, now: datetime
+    db: Database, *, owner: str, lease_s: float, limit: int, now: datetime
 ) -> list[RunRecord]:
-    """Take up to `limit` pending runs, most urgent and oldest first, under a fresh lease."""
+    """Take up to `limit` pending runs, most urgent and oldest first, under a fresh lease
+    (on PostgreSQL one autocommit statement: atomic alone, no BEGIN/COMMIT round trips)."""
+    expires = now + timedelta(seconds=lease_s)
+    if db.is_postgres:
+        rows = await pg_fast.claim_runs(
+            db.engine, owner=owner, lease_expires_at=expires, limit=limit, now=now
+        )
+        return [record_from_row(r) for r in rows]
     picked = (
         select(runs.c.id)
         .where(runs.c.status == "pending")
@@ -68,19 +81,20 @@ async def claim_runs(
         .with_for_update(skip_locked=True)
         .cte("picked")
     )
-    rows = await conn.execute(
-        update(runs)
-        .where(runs.c.id == picked.c.id)
-        .values(
-            status="running",
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            attempt=runs.c.attempt + 1,
-            started_at=func.coalesce(runs.c.started_at, now),
+    async with db.transaction() as conn:
+        result = await conn.execute(
+            update(runs)
+            .where(runs.c.id == picked.c.id)
+            .values(
+                status="running",
+                lease_owner=owner,
+                lease_expires_at=expires,
+                attempt=runs.c.attempt + 1,
+                started_at=func.coalesce(runs.c.started_at, now),
+            )
+            .returning(*runs.c)
         )
-        .returning(*runs.c)
-    )
-    return [record_from_row(r) for r in rows.mappings()]
+        return [record_from_row(r) for r in result.mappings()]
 
 
 async def pending_summary(conn: AsyncConnection) -> tuple[int, datetime | None]:

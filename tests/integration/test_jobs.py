@@ -306,11 +306,9 @@ async def test_two_claims_race_for_one_run_and_one_wins(make_settings: SettingsF
     db = Database(create_engine(make_settings().database_url, pool_size=4))
 
     async def claim(owner: str) -> list[str]:
-        async with db.transaction() as conn:
-            claimed = await queue.claim_runs(
-                conn, owner=owner, lease_s=30, limit=1, now=datetime.now(UTC)
-            )
-            await asyncio.sleep(0.05)  # hold the row while the other claim runs
+        claimed = await queue.claim_runs(
+            db, owner=owner, lease_s=30, limit=1, now=datetime.now(UTC)
+        )
         return [str(r.id) for r in claimed]
 
     try:
