@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     through (0: at once)."""
     breaker_half_open_probes: int = Field(default=1, ge=1)
     """Calls a half-open breaker lets through at once; the first result closes or reopens it."""
+    breaker_trust_closed_s: float = Field(default=1.0, ge=0, le=60)
+    """With Redis: a process takes a breaker's *closed* answer as good for this long instead
+    of asking Redis before every call (failures still reach Redis at once). A breaker another
+    replica opened goes unseen by this process for at most this long; 0: ask every time."""
 
     agents_module: str | None = None
     sandbox_dir: Path = Path("./sandbox")

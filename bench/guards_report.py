@@ -30,6 +30,8 @@ class ConfigResult:
     redis_version: str | None = None
     request_bytes: int = 0
     """The JSON size of one request (`model_dump_json(exclude_none=True)`)."""
+    breaker_trust_s: float = 0.0
+    """How long the breakers took a closed answer as good without asking their store."""
     traffic: dict[str, RedisTraffic] = field(default_factory=dict)
     """Redis commands per kind of call (empty without Redis)."""
     db_statements: dict[str, int] = field(default_factory=dict)
@@ -91,7 +93,9 @@ METHOD = (
     " microseconds), so the time left is the guards'. *Bare* is that provider client"
     " (`rt.providers.resolve`), *guarded* is `RunExecutor.model_for(spec, user_id=…)` of the"
     " built-in `assistant` agent (prompt cache → budget → fallback chain → breaker → retries"
-    " → the same provider). Each request is a run's first call: the agent's instructions, a"
+    " → the same provider); with Redis the breakers take a closed answer as good for"
+    " {trust_s:g} s (`AGENTSVC_BREAKER_TRUST_CLOSED_S`), so a call asks Redis about the breaker"
+    " about once a second. Each request is a run's first call: the agent's instructions, a"
     " user message and its six tool schemas ({request_bytes:,} bytes of JSON), temperature"
     " 0, so the cache looks up every call; the user has a budget override, so every call"
     " reserves and settles. Cache miss: every request differs in its user message; cache"

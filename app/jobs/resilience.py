@@ -28,7 +28,9 @@ from app.tools.base import Tool, ToolContext, ToolFn, ToolRegistry, ToolUnavaila
 
 
 def build_breakers(settings: Settings, redis: Redis | None) -> Breakers:
-    """Breakers in Redis (this process's own while it is down), or this process's only."""
+    """Breakers in Redis (this process's own while it is down), or this process's only.
+    A closed answer of Redis is trusted for `breaker_trust_closed_s`; this process's own
+    breakers are exact and cost no round trip, so they are asked every time."""
     local = LocalBreakerStore()
     store = local if redis is None else RedisBreakerStore(redis, fallback=local)
     policy = BreakerPolicy(
@@ -37,7 +39,8 @@ def build_breakers(settings: Settings, redis: Redis | None) -> Breakers:
         cooldown_s=settings.breaker_cooldown_s,
         half_open_probes=settings.breaker_half_open_probes,
     )
-    return Breakers(store, policy)
+    trust_s = 0.0 if redis is None else settings.breaker_trust_closed_s
+    return Breakers(store, policy, trust_closed_s=trust_s)
 
 
 def call_timeout_s(settings: Settings, version: AgentVersion) -> float:

@@ -8,10 +8,16 @@ A failure reported while open (a call let in before it opened) extends the open
 period. The policy is a value; `BreakerRecord` transitions are the reference the
 Redis scripts of `app.bus.breakers` follow, so replicas agree. Targets are
 `llm:<provider>/<model>` and `tool:<name>`.
+
+With a shared store, `Breakers` may trust a *closed* answer in this process for a short
+while (`trust_closed_s`) instead of asking Redis before every call; failures still reach
+the store at once, and anything but closed ends the trust at once.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -171,16 +177,53 @@ class BreakerStore(Protocol):
 
 
 class Breakers:
-    """Every breaker of this process under one policy, over a store; keeps the metrics."""
+    """Every breaker of this process under one policy, over a store; keeps the metrics.
 
-    def __init__(self, store: BreakerStore, policy: BreakerPolicy) -> None:
+    `trust_closed_s` > 0: a *closed* answer of the store is taken as the answer of this
+    process's calls to that target for `trust_closed_s` after it was asked, without asking
+    again (with Redis, each check is a round trip). Failures are still reported to the store
+    at once, and any answer but closed (a failure of this process crossing the threshold, a
+    refusal, a probe, a snapshot) ends the trust at once: this process then asks the store
+    before each call again. So a breaker another replica opened goes unseen here for at most
+    `trust_closed_s` (the trust runs from when the store was asked, however late it
+    answered); one this process opens is seen by its next call. 0 asks the store before
+    every call.
+    """
+
+    def __init__(
+        self,
+        store: BreakerStore,
+        policy: BreakerPolicy,
+        *,
+        trust_closed_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if trust_closed_s < 0:
+            raise ValueError("trust_closed_s must be >= 0")
         self.store = store
         self.policy = policy
+        self.trust_closed_s = trust_closed_s
+        self._clock = clock
+        self._trusted_until: dict[str, float] = {}
+        self._distrusts: dict[str, int] = {}
+        """Per target, how often trust was ended: a closed answer asked for before the
+        latest end (an open breaker seen meanwhile) is not trusted."""
 
     async def admit(self, target: str) -> bool:
         """Whether the call is a half-open probe; raise `CircuitOpen` when it may not run."""
+        trusting = self.trust_closed_s > 0
+        asked_at = self._clock() if trusting else 0.0
+        if trusting and asked_at < self._trusted_until.get(target, 0.0):
+            return False
+        distrusts = self._distrusts.get(target, 0)
         verdict = await self.store.admit(target, self.policy)
         self._observe(target, verdict.state, verdict.changed)
+        if verdict.state != "closed":
+            self._distrust(target)
+        elif trusting and self._distrusts.get(target, 0) == distrusts:
+            # From the question, not the answer: the staleness bound holds however late
+            # the answer came.
+            self._trusted_until[target] = asked_at + self.trust_closed_s
         self.policy.check_admission(verdict, target)
         return verdict.probe
 
@@ -192,6 +235,8 @@ class Breakers:
             change = await self.store.succeed(target, self.policy)
         else:
             change = await self.store.fail(target, self.policy)
+        if change.state != "closed":
+            self._distrust(target)
         self._observe(target, change.state, change.changed)
 
     async def snapshot(self) -> BreakerReport:
@@ -199,7 +244,15 @@ class Breakers:
         report = await self.store.snapshot(self.policy)
         for shot in report.breakers:
             BREAKER_STATE.labels(shot.target).set(STATE_CODES[shot.state])
+            if shot.state != "closed":
+                self._distrust(shot.target)
         return BreakerReport(report.shared, sorted(report.breakers, key=lambda s: s.target))
+
+    def _distrust(self, target: str) -> None:
+        """The target is not closed: ask the store before its next call."""
+        if self.trust_closed_s > 0:
+            self._trusted_until.pop(target, None)
+            self._distrusts[target] = self._distrusts.get(target, 0) + 1
 
     @staticmethod
     def _observe(target: str, state: BreakerState, changed: bool) -> None:

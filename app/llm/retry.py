@@ -4,11 +4,17 @@ Built on tenacity: full-jitter exponential backoff (`wait_random_exponential`), 
 least the server's `Retry-After`, capped by attempts and by elapsed time (no retry
 starts whose wait would end past the cap). The provider clients make one HTTP
 request per call and never retry themselves.
+
+The first attempt runs outside tenacity: nearly every call succeeds at once, and a
+controller per call costs tens of µs. Only a retryable failure enters tenacity, which
+replays that failure as its own first attempt, so every wait, cap and count is the one
+tenacity would have given the whole call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -57,10 +63,15 @@ class RetryPolicy:
         return self.max_elapsed_s is None or elapsed_s + wait_s < self.max_elapsed_s
 
     def retrying(
-        self, retryable: Callable[[BaseException], bool], *, on_retry: Callable[[Exception], None]
+        self,
+        retryable: Callable[[BaseException], bool],
+        *,
+        on_retry: Callable[[Exception], None],
+        started_at: float | None = None,
     ) -> AsyncRetrying:
         """A tenacity controller for one call: retries what `retryable` accepts, reports each
-        retry to `on_retry` before its wait, lets the last error through."""
+        retry to `on_retry` before its wait, lets the last error through. `started_at`: when
+        the first attempt began (`time.monotonic()`), if before the controller's start."""
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
@@ -68,7 +79,7 @@ class RetryPolicy:
                 on_retry(error)
 
         return AsyncRetrying(
-            stop=_PolicyStop(self),
+            stop=_PolicyStop(self, started_at),
             wait=_AtLeastRetryAfter(
                 wait_random_exponential(multiplier=self.wait_initial_s, max=self.wait_max_s)
             ),
@@ -94,13 +105,18 @@ class _AtLeastRetryAfter(wait_base):
 
 
 class _PolicyStop(stop_base):
-    """Stop when the policy allows no retry (tenacity computes the wait first)."""
+    """Stop when the policy allows no retry (tenacity computes the wait first). The elapsed
+    time counts from `started_at` when given (a first attempt made before tenacity's start)."""
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy, started_at: float | None) -> None:
         self._policy = policy
+        self._started_at = started_at
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        elapsed = retry_state.seconds_since_start or 0.0
+        # tenacity's own times are time.monotonic() too.
+        start = retry_state.start_time if self._started_at is None else self._started_at
+        ended = retry_state.outcome_timestamp
+        elapsed = 0.0 if ended is None else ended - start
         return not self._policy.allows_retry(
             retry_state.attempt_number, elapsed, retry_state.upcoming_sleep
         )
@@ -200,13 +216,15 @@ class RetryingModel:
             LLM_RETRIES.labels(self._provider, self._model, _retry_reason(error)).inc()
 
         try:
-            response: LLMResponse = await self._policy.retrying(
-                _retryable_provider_error, on_retry=on_retry
-            )(attempt)
+            response = await call_with_retries(
+                self._policy, attempt, retryable=_retryable_provider_error, on_retry=on_retry
+            )
         except CallFailed:
             raise
         except ProviderError as exc:
             raise CallFailed(exc, attempts=attempts) from exc
+        if response.attempts == attempts:  # the first attempt answered: nothing to copy
+            return response
         return response.model_copy(update={"attempts": attempts})
 
 
@@ -217,10 +235,27 @@ async def call_with_retries(
     retryable: Callable[[BaseException], bool],
     on_retry: Callable[[Exception], None] = lambda _: None,
 ) -> T:
-    """`fn()`, tried again under `policy` while it raises what `retryable` accepts."""
+    """`fn()`, tried again under `policy` while it raises what `retryable` accepts.
+
+    The first attempt is a plain await; its retryable failure hands over to tenacity."""
+    started_at = time.monotonic()
+    try:
+        return await fn()
+    except BaseException as exc:
+        if not retryable(exc):
+            raise
+        first = exc
+    replayed = False
 
     async def attempt() -> T:  # tenacity awaits only what a coroutine function returns
+        nonlocal replayed
+        if not replayed:
+            # The failure above, as tenacity's attempt 1: its backoff, Retry-After, caps
+            # and `on_retry` then treat it as if tenacity had made that call.
+            replayed = True
+            raise first
         return await fn()
 
-    result: T = await policy.retrying(retryable, on_retry=on_retry)(attempt)
+    controller = policy.retrying(retryable, on_retry=on_retry, started_at=started_at)
+    result: T = await controller(attempt)
     return result

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,15 @@ from pydantic import BaseModel
 
 from app.bus.breakers import LocalBreakerStore
 from app.jobs.resilience import guard_tool
-from app.llm.breaker import BreakerGuard, BreakerPolicy, Breakers, CircuitOpen
+from app.llm.breaker import (
+    BreakerGuard,
+    BreakerPolicy,
+    BreakerReport,
+    Breakers,
+    Change,
+    CircuitOpen,
+    Verdict,
+)
 from app.llm.errors import ProviderBadRequest, ProviderServerError
 from app.llm.retry import RetryPolicy
 from app.llm.types import LLMRequest, Message
@@ -40,6 +49,46 @@ def breakers(clock: Clock, **overrides: object) -> Breakers:
     }
     values.update(overrides)
     return Breakers(LocalBreakerStore(clock), BreakerPolicy(**values))  # type: ignore[arg-type]
+
+
+POLICY = BreakerPolicy(failure_threshold=3, window_s=10.0, cooldown_s=5.0, half_open_probes=1)
+
+
+@dataclass
+class SharedStore:
+    """The store every replica asks (Redis in production), counting this replica's questions;
+    `gate`, when set, holds each admit's answer until it opens."""
+
+    inner: LocalBreakerStore
+    asked: list[str] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+
+    async def admit(self, target: str, policy: BreakerPolicy) -> Verdict:
+        self.asked.append("admit")
+        verdict = await self.inner.admit(target, policy)
+        if self.gate is not None:
+            await self.gate.wait()
+        return verdict
+
+    async def fail(self, target: str, policy: BreakerPolicy) -> Change:
+        self.asked.append("fail")
+        return await self.inner.fail(target, policy)
+
+    async def succeed(self, target: str, policy: BreakerPolicy) -> Change:
+        self.asked.append("succeed")
+        return await self.inner.succeed(target, policy)
+
+    async def snapshot(self, policy: BreakerPolicy) -> BreakerReport:
+        return await self.inner.snapshot(policy)
+
+
+def replicas(clock: Clock, *, trust_s: float = 1.0) -> tuple[Breakers, SharedStore, Breakers]:
+    """`here`, trusting closed answers for `trust_s`, its view of the store, and `there`,
+    another replica over the same store that always asks."""
+    inner = LocalBreakerStore(clock)
+    shared = SharedStore(inner)
+    here = Breakers(shared, POLICY, trust_closed_s=trust_s, clock=clock)
+    return here, shared, Breakers(inner, POLICY)
 
 
 async def fail(b: Breakers, target: str, times: int = 1) -> None:
@@ -133,6 +182,76 @@ async def test_a_probe_that_never_reports_frees_its_place_after_the_cool_down() 
     assert await b.admit("t:stale")  # this probe's process dies
     clock.now += 5
     assert await b.admit("t:stale")
+
+
+async def test_a_closed_answer_is_trusted_for_the_window_then_asked_again() -> None:
+    clock = Clock()
+    here, shared, _ = replicas(clock)
+    assert await here.admit("t:trust") is False
+    clock.now += 0.99
+    assert await here.admit("t:trust") is False
+    assert shared.asked == ["admit"]  # the second call did not ask
+    clock.now += 0.01  # 1 s after the question
+    assert await here.admit("t:trust") is False
+    assert shared.asked == ["admit", "admit"]
+
+
+async def test_zero_trust_asks_the_store_before_every_call() -> None:
+    here, shared, _ = replicas(Clock(), trust_s=0.0)
+    for _ in range(3):
+        assert await here.admit("t:no-trust") is False
+    assert shared.asked == ["admit"] * 3
+    with pytest.raises(ValueError, match="trust_closed_s"):
+        Breakers(shared, POLICY, trust_closed_s=-1.0)
+
+
+async def test_failures_reach_the_store_at_once_and_opening_ends_the_trust() -> None:
+    here, shared, _ = replicas(Clock())
+    await here.admit("t:own")
+    await fail(here, "t:own", 2)
+    assert shared.asked == ["admit", "fail", "fail"]
+    assert await here.admit("t:own") is False  # still closed (2 of 3): trusted, not asked
+    await fail(here, "t:own")  # the third opens the breaker
+    with pytest.raises(CircuitOpen):  # at once, though the window has not passed
+        await here.admit("t:own")
+    assert shared.asked == ["admit", "fail", "fail", "fail", "admit"]
+    assert state("t:own") == 2
+
+
+async def test_another_replicas_open_breaker_is_unseen_at_most_the_trust_window() -> None:
+    clock = Clock()
+    here, _, there = replicas(clock)
+    await here.admit("t:elsewhere")
+    await fail(there, "t:elsewhere", 3)  # opened by the other replica
+    clock.now += 0.9
+    assert await here.admit("t:elsewhere") is False  # stale, within the bound
+    clock.now += 0.1
+    with pytest.raises(CircuitOpen):
+        await here.admit("t:elsewhere")
+
+
+async def test_an_open_breaker_in_a_snapshot_ends_the_trust() -> None:
+    here, _, there = replicas(Clock())
+    await here.admit("t:listed")
+    await fail(there, "t:listed", 3)
+    (shot,) = (await here.snapshot()).breakers  # the admin route or a metrics read
+    assert shot.state == "open"
+    with pytest.raises(CircuitOpen):
+        await here.admit("t:listed")
+
+
+async def test_a_closed_answer_overtaken_by_an_opening_is_not_trusted() -> None:
+    clock = Clock()
+    here, shared, there = replicas(clock)
+    shared.gate = asyncio.Event()
+    asking = asyncio.create_task(here.admit("t:race"))
+    await asyncio.sleep(0)  # the store has answered "closed"; the answer is on its way
+    await fail(there, "t:race", 2)
+    await fail(here, "t:race")  # this replica's failure opens it, and it hears so first
+    shared.gate.set()
+    assert await asking is False  # the call was let in before it opened
+    with pytest.raises(CircuitOpen):
+        await here.admit("t:race")
 
 
 def test_policy_refuses_meaningless_values() -> None:

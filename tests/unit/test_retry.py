@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
+from collections.abc import Coroutine
 
 import pytest
 from prometheus_client import REGISTRY
 
+from app.llm import retry
 from app.llm.errors import (
     ProviderBadRequest,
     ProviderError,
@@ -189,3 +193,69 @@ async def test_timeout_errors_are_reported_as_provider_timeouts() -> None:
     cause: ProviderError = failed.value.cause
     assert isinstance(cause, ProviderTimeout)
     assert "did not answer within 0.02 s" in str(cause)
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The retry waits asked for (not waited), each window's top taken as the random draw."""
+    asked: list[float] = []
+    real_sleep = asyncio.sleep
+
+    def recorded(delay: float) -> Coroutine[object, object, None]:
+        asked.append(delay)
+        return real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", recorded)
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    return asked
+
+
+async def test_a_first_attempt_that_answers_never_enters_tenacity(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    def no_controller(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tenacity entered without a retryable failure")
+
+    monkeypatch.setattr(retry, "AsyncRetrying", no_controller)
+    answer = await retrying(ScriptedModel([text("ok")]), policy()).complete(REQUEST)
+    assert (answer.message.content, answer.attempts) == ("ok", 1)
+
+    model = ScriptedModel([ProviderBadRequest("400", provider="openai", status_code=400)])
+    with pytest.raises(CallFailed) as failed:  # not retryable: out at once, no controller
+        await retrying(model, policy()).complete(REQUEST)
+    assert failed.value.attempts == 1
+
+    async def tool() -> str:
+        return "done"
+
+    assert await call_with_retries(policy(), tool, retryable=_unavailable) == "done"
+    assert sleeps == []
+
+
+async def test_a_retryable_first_failure_backs_off_with_full_jitter_and_retry_after(
+    sleeps: list[float],
+) -> None:
+    limited = ProviderRateLimited("429", provider="openai", retry_after_s=3.0)
+    model = ScriptedModel([server_error(), server_error(), limited, text("ok")])
+    before = retries("m-backoff", "rate_limited")
+    rules = policy(attempts=4, wait_initial_s=0.5, wait_max_s=10.0)
+
+    answer = await retrying(model, rules, model_name="m-backoff").complete(REQUEST)
+
+    assert (answer.message.content, answer.attempts) == ("ok", 4)
+    # Retry n draws from [0, 0.5 * 2**(n-1)] (its top here); the third waits out Retry-After.
+    assert sleeps == [0.5, 1.0, 3.0]
+    assert retries("m-backoff", "rate_limited") - before == 1
+
+
+async def test_the_elapsed_cap_counts_the_first_attempt_made_before_tenacity() -> None:
+    # The first attempt alone outlasts the cap: no retry may start, though tenacity's own
+    # clock starts only after it.
+    model = ScriptedModel([30.0, text("never")])
+    client = RetryingModel(
+        model, policy(max_elapsed_s=0.2), provider="openai", model="m", attempt_timeout_s=0.3
+    )
+    with pytest.raises(CallFailed) as failed:
+        await client.complete(REQUEST)
+    assert isinstance(failed.value.cause, ProviderTimeout)
+    assert len(model.requests) == 1
