@@ -19,6 +19,7 @@ from app.api import (
 )
 from app.api.limits import BodySizeLimit
 from app.api.schemas import Problem
+from app.api.sse import StreamingFastAPI
 from app.errors import TooManyRequests, install_error_handlers, problem_responses
 from app.lifespan import make_lifespan
 from app.settings import Settings
@@ -26,7 +27,8 @@ from app.settings import Settings
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the app for `settings`: lifespan, routers, error handlers."""
-    app = FastAPI(
+    # FastAPI that streams SSE responses after its stack has returned.
+    app = StreamingFastAPI(
         title="agentsvc",
         version="0.1.0",
         summary="Run LLM agents safely: sync, jobs, webhooks and streaming over one runner.",

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
 
 from app.api.schemas import RunCreate
+from app.api.sse import EventStream
 from app.deps import OptionalPrincipalDep, PrincipalDep, ServicesDep
 from app.errors import InvalidRequest, NotFound, PayloadTooLarge, Unauthorized, problem_responses
 from app.lifespan import Services
 from app.services import runs
 from app.services.streams import open_stream, read_to_the_end
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["stream"])
 
 RECONNECT_MS = 2000
@@ -44,47 +39,29 @@ def stream_url(request: Request, services: Services, run_id: uuid.UUID) -> str:
     return str(url.include_query_params(token=services.stream_tokens.issue(run_id)))
 
 
-async def _sse(
-    services: Services, run_id: uuid.UUID, after: int
-) -> AsyncIterator[ServerSentEvent | bytes]:
-    yield ServerSentEvent(retry=RECONNECT_MS, comment="run " + str(run_id))
-    hub = services.streams
-    async for event in hub.follow(run_id, after=after, max_s=services.settings.stream_max_s):
-        yield hub.wire_form(event)
-
-
-class RunEventStream(EventSourceResponse):
-    """An SSE response that cuts a client which stopped reading with one log line (the
-    run goes on; the client can resume with Last-Event-ID)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            log.info(
-                "SSE client too slow: cut off after %.0f s without progress", self.send_timeout
-            )
-
-
-def event_stream(services: Services, run_id: uuid.UUID, after: int = -1) -> EventSourceResponse:
+def event_stream(services: Services, run_id: uuid.UUID, after: int = -1) -> EventStream:
     """The run's events after `after` as an SSE response."""
     settings = services.settings
-    return RunEventStream(
-        _sse(services, run_id, after),
-        ping=settings.stream_ping_s,
-        send_timeout=settings.stream_send_timeout_s,
-        headers={"X-Job-Id": str(run_id)},
+    return EventStream(
+        services.streams,
+        run_id,
+        after=after,
+        first=b": run %s\r\nretry: %d\r\n\r\n" % (str(run_id).encode(), RECONNECT_MS),
+        ping_s=settings.stream_ping_s,
+        send_timeout_s=settings.stream_send_timeout_s,
+        max_s=settings.stream_max_s,
     )
 
 
 @router.post(
     "/agent/stream",
-    response_class=EventSourceResponse,
+    response_class=EventStream,
+    status_code=status.HTTP_200_OK,  # what FastAPI would read off a Response's __init__
     responses={**STREAM_DOC, **problem_responses(InvalidRequest, Unauthorized, PayloadTooLarge)},
 )
 async def stream_run(
     body: RunCreate, principal: PrincipalDep, services: ServicesDep
-) -> EventSourceResponse:
+) -> EventStream:
     """Run an agent and stream its events as they happen, the model's text included
     (`llm.delta`). Disconnecting does not stop the run: attach again with
     `GET /agent/stream/{job_id}` and `Last-Event-ID`."""
@@ -96,7 +73,8 @@ async def stream_run(
 
 @router.get(
     "/agent/stream/{job_id}",
-    response_class=EventSourceResponse,
+    response_class=EventStream,
+    status_code=status.HTTP_200_OK,  # what FastAPI would read off a Response's __init__
     responses={
         **STREAM_DOC,
         **_ENDED_DOC,

@@ -42,11 +42,17 @@ class Subscription:
     """One reader's inbox for one run: live events and nudges, taken in batches.
 
     The inbox is bounded: a reader that falls behind loses live events (and is told,
-    through `overflowed`) and catches up from the log instead of growing memory."""
+    through `overflowed`) and catches up from the log instead of growing memory.
+
+    A process holds one per open stream, thousands of them: a list and a future made only
+    while the reader waits, not a deque and two asyncio.Events (0.7 KB each, empty)."""
 
     __slots__ = (
         "_events",
-        "_wake",
+        "_timer",
+        "_timer_at",
+        "_waiter",
+        "_woken",
         "cursor",
         "limit",
         "nudged",
@@ -59,13 +65,16 @@ class Subscription:
     def __init__(self, run_id: str, *, limit: int = 1000) -> None:
         self.run_id = run_id
         self.limit = limit
-        self._events: deque[RunEvent] = deque()
-        self._wake = asyncio.Event()
+        self._events: list[RunEvent] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._woken = False
         self.nudged = False
         """Set when events may have been missed: the reader should look in the log."""
         self.overflowed = False
-        self.ready = asyncio.Event()
-        """Set once the bus delivers this run's events to the inbox."""
+        self.ready = False
+        """Set once the bus delivers this run's events to the inbox (`mark_ready`)."""
         self.seen_at = time.monotonic()
         self.cursor = -1
         """The last sequence the reader has passed on (kept by the reader)."""
@@ -76,26 +85,73 @@ class Subscription:
             self.overflowed = self.nudged = True
         else:
             self._events.extend(events)
-        self._wake.set()
+        self._release()
 
     def nudge(self) -> None:
         self.nudged = True
-        self._wake.set()
+        self._release()
+
+    def wake(self) -> None:
+        """Make a waiting `take` return now, empty-handed: the reader has something else to
+        look at (its client left, the process is stopping)."""
+        self._woken = True
+        self._release()
+
+    def mark_ready(self) -> None:
+        """The bus now delivers this run's events to the inbox."""
+        self.ready = True
+        self._release()
+
+    async def wait_ready(self, wait_s: float) -> None:
+        """Wait up to `wait_s` for `mark_ready` (or anything else that wakes the reader)."""
+        if not self.ready:
+            await self._wait(asyncio.get_running_loop().time() + wait_s)
 
     async def take(self, wait_s: float) -> tuple[list[RunEvent], bool]:
         """Wait up to `wait_s` for something; the events and whether the reader was
         nudged (it must then consult the log)."""
-        if not self._events and not self.nudged:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await self._wake.wait()
-        self._wake.clear()
-        events = list(self._events)
-        self._events.clear()
+        return await self.take_until(asyncio.get_running_loop().time() + wait_s)
+
+    async def take_until(self, deadline: float) -> tuple[list[RunEvent], bool]:
+        """`take`, waiting until `deadline` (loop time) at most. A reader that keeps its
+        deadline over many wake-ups (its next ping) keeps one timer for all of them:
+        making and cancelling one per wake-up was 5 % of fan-out CPU."""
+        if not self._events and not self.nudged and not self._woken:
+            await self._wait(deadline)
+        self._woken = False
+        events, self._events = self._events, []
         nudged, self.nudged = self.nudged, False
         if events:
             self.seen_at = time.monotonic()
         return events, nudged
+
+    def close(self) -> None:
+        """Drop the timer `take_until` leaves for the next wait (the reader is gone)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def _wait(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        if deadline <= loop.time():
+            return
+        if self._timer is None or self._timer_at != deadline:
+            self.close()
+            self._timer = loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+        waiter = self._waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class Fanout:
@@ -201,7 +257,7 @@ class InProcessBus:
     async def subscribe(self, run_id: str) -> AsyncIterator[Subscription]:
         sub = Subscription(run_id)
         self.fanout.add(sub)
-        sub.ready.set()
+        sub.mark_ready()
         try:
             yield sub
         finally:

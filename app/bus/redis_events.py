@@ -118,7 +118,7 @@ class RedisBus:
         sub = Subscription(run_id)
         self.fanout.add(sub)
         if run_id in self._listening:
-            sub.ready.set()
+            sub.mark_ready()
         else:
             self._want(run_id)
         try:
@@ -186,7 +186,7 @@ class RedisBus:
             if run_id not in self._wanted:
                 self._changed.set()  # its readers left meanwhile: unsubscribe
             for sub in self.fanout.readers(run_id):
-                sub.ready.set()
+                sub.mark_ready()
         elif kind == "message":
             data = message["data"]
             assert isinstance(data, bytes)
