@@ -275,11 +275,6 @@ def markdown_section(
             "",
             *[f"- {line}" for line in check_lines(results)],
             "",
-            "Reproduce:",
-            "",
-            "```",
-            command,
-            "```",
-            END,
+            *report.reproduce_lines(command, END),
         ]
     )

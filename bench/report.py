@@ -224,14 +224,14 @@ def markdown_section(
             "",
             *[f"- {line}" for line in verification_lines(vs)],
             "",
-            "Reproduce:",
-            "",
-            "```",
-            command,
-            "```",
-            END,
+            *reproduce_lines(command, END),
         ]
     )
+
+
+def reproduce_lines(command: str, end: str) -> list[str]:
+    """The end of every generated section: how to run it again, then its end marker."""
+    return ["Reproduce:", "", "```", command, "```", end]
 
 
 def write_section(path: Path, section: str, *, begin: str = BEGIN, end: str = END) -> None:

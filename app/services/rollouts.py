@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
 
 from app.agents.policy import Assignment, PolicySpec, TrafficPolicy, assign
 from app.agents.registry import AgentRegistry, UnknownAgent
@@ -170,17 +169,14 @@ async def set_policy(
                 f"the policy of {agent} is at revision {revision or 0}, not {expect_revision}"
             )
         policy = _keep_rollback_record(current, spec)
-        try:
-            record = await policy_store.put_policy(
-                conn,
-                agent,
-                policy.model_dump(mode="json"),
-                now=datetime.now(UTC),
-                by="cli" if principal is None else principal.user_id,
-                expect_revision=revision,
-            )
-        except IntegrityError:
-            record = None
+        record = await policy_store.put_policy(
+            conn,
+            agent,
+            policy.model_dump(mode="json"),
+            now=datetime.now(UTC),
+            by="cli" if principal is None else principal.user_id,
+            expect_revision=revision,
+        )
         if record is None:
             raise Conflict(f"the policy of {agent} changed meanwhile; read it and try again")
     book.forget()

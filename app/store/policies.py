@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Table, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.models import TrafficPolicy
@@ -60,13 +61,14 @@ async def put_policy(
     expect_revision: int | None,
 ) -> PolicyRecord | None:
     """Write the agent's policy as the next revision after `expect_revision` (None: the
-    agent has none yet). None when another writer got there first."""
+    agent has none yet; a concurrent first write then fails on the primary key). None when
+    another writer got there first."""
     values = {"policy": policy, "updated_at": now, "updated_by": by}
     if expect_revision is None:
-        exists = await get_policy(conn, agent, lock=True)
-        if exists is not None:
+        try:
+            await conn.execute(insert(policies_t).values(agent=agent, revision=1, **values))
+        except IntegrityError:
             return None
-        await conn.execute(insert(policies_t).values(agent=agent, revision=1, **values))
         return PolicyRecord(agent=agent, revision=1, **values)  # type: ignore[arg-type]
     result = await conn.execute(
         update(policies_t)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from app.agents.policy import TrafficPolicy, assign
 from app.agents.registry import build_registry
 from app.services.canary import check_canaries
 from app.services.rollouts import PolicyBook
+from app.store import policies as policy_store
 from app.store.db import Database, create_engine
 from app.store.runs import RunRecord, record_from_row, runs, tool_results
 from tests.conftest import ALICE, ROOT, SettingsFactory
@@ -135,6 +137,23 @@ async def test_bad_policies_are_refused_and_change_nothing(
         assert response.headers["content-type"] == "application/problem+json"
         assert detail in response.text
         assert (await client.get("/agent/agents/rollout/policy", headers=ROOT)).json() == before
+
+
+async def test_a_stored_policy_naming_a_removed_version_is_set_aside(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(agents_module=AGENTS)
+    async with database(settings.database_url) as db, db.transaction() as conn:
+        # As if an earlier deployment declared version "9" and an admin made it stable.
+        await policy_store.put_policy(
+            conn, "rollout", {"stable": "9"}, now=datetime.now(UTC), by="root", expect_revision=None
+        )
+    async with running_app(settings) as client:
+        state = (await client.get("/agent/agents/rollout/policy", headers=ROOT)).json()
+        assert state["revision"] == 1
+        assert state["policy"]["stable"] == "1"
+        assert "declares no version '9'" in state["problem"]
+        assert (await ask(client, ALICE))["agent_version"] == "1"
 
 
 async def test_unknown_agent_has_no_policy(make_settings: SettingsFactory) -> None:
