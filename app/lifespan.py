@@ -17,14 +17,14 @@ from fastapi import FastAPI
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from app.agents.registry import AgentRegistry, build_registry
 from app.bus.events import EventBus, InProcessBus
 from app.bus.ratelimit import build_rate_limiter
+from app.bus.redis_client import connect_redis
 from app.bus.redis_events import RedisBus
 from app.bus.wakeups import Wakeups
+from app.bus.writes import RedisWrites
 from app.jobs.executor import RunExecutor
 from app.jobs.runtime import Runtime
 from app.jobs.ssrf import GuardedTransport
@@ -89,20 +89,10 @@ def shared_http_client(*, timeout_s: float) -> httpx.AsyncClient:
 
 
 def build_redis(settings: Settings) -> Redis | None:
-    """The process's Redis client, when configured: every call has a short timeout and no
-    retry, so a Redis that stops answering costs each caller at most that (its policy then
-    applies). No retry, because the budget and breaker scripts are not idempotent: a retry
-    after a late reply would count a reservation twice. (redis-py's default retries ten
-    times with backoff: seconds per call.)"""
+    """The process's Redis client, when configured (`app.bus.redis_client`)."""
     if settings.redis_url is None:
         return None
-    timeout = settings.redis_timeout_s
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return connect_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
 
 
 def build_bus(settings: Settings, redis: Redis | None) -> EventBus:
@@ -167,8 +157,11 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
         await wakeups.listen(settings.database_url)
         stack.push_async_callback(wakeups.close)
         redis = build_redis(settings)
+        writes = None
         if redis is not None:
             stack.push_async_callback(redis.aclose)
+            writes = RedisWrites(redis, deadline_s=3 * settings.redis_timeout_s)
+            stack.push_async_callback(writes.aclose)
         bus = build_bus(settings, redis)
         stack.push_async_callback(bus.close)
         streams = StreamHub(db, bus, poll_s=settings.stream_poll_s)
@@ -182,6 +175,7 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
             wakeups=wakeups,
             bus=bus,
             redis=redis,
+            writes=writes,
             tool_context=ToolContext(
                 sandbox_dir=settings.sandbox_dir.resolve(),
                 http=http,

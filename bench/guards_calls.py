@@ -5,6 +5,7 @@ a statement runs)."""
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import gc
 import io
@@ -14,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from sqlalchemy import event
@@ -122,13 +123,15 @@ class RedisTraffic:
 
     calls: int
     commands: dict[str, int]
-    """Commands the client sent (each one round trip: nothing is pipelined), by name."""
+    """Commands the client sent, by name (alone or in a pipeline)."""
+    trips: int
+    """Round trips: a command sent alone, or a pipeline."""
     server_us: dict[str, float]
     """Server time per command (`INFO commandstats`, whole server: other clients too)."""
 
     @property
     def round_trips(self) -> float:
-        return sum(self.commands.values()) / max(self.calls, 1)
+        return self.trips / max(self.calls, 1)
 
     def describe(self) -> str:
         parts = []
@@ -150,22 +153,46 @@ def _commandstats(info: dict[str, object]) -> dict[str, tuple[int, int]]:
 async def redis_traffic(
     redis: Redis, calls: int, call: Callable[[int], Awaitable[object]]
 ) -> RedisTraffic:
-    """Run `call(i)` `calls` times with the client's commands counted (an instance
-    attribute over `execute_command`, removed afterwards)."""
+    """Run `call(i)` `calls` times with the client's commands and round trips counted
+    (instance attributes over `execute_command` and `pipeline`, removed afterwards)."""
     counted: Counter[str] = Counter()
+    trips = 0
     send = cast(Callable[..., Awaitable[object]], redis.execute_command)  # untyped in redis-py
+    make_pipeline = redis.pipeline
 
     async def counting(*args: object, **options: object) -> object:
+        nonlocal trips
         counted[str(args[0]).upper()] += 1
+        trips += 1
         return await send(*args, **options)
+
+    def counting_pipeline(*args: Any, **options: Any) -> Any:
+        pipe = make_pipeline(*args, **options)
+        stack, execute = pipe.execute_command, pipe.execute
+
+        def stacking(*command: Any, **kw: Any) -> Any:
+            counted[str(command[0]).upper()] += 1
+            return stack(*command, **kw)
+
+        async def executing(*a: Any, **kw: Any) -> Any:
+            nonlocal trips
+            trips += 1
+            return await execute(*a, **kw)
+
+        pipe.execute_command = stacking  # type: ignore[method-assign]
+        pipe.execute = executing  # type: ignore[method-assign]
+        return pipe
 
     before = _commandstats(await redis.info("commandstats"))
     redis.execute_command = counting  # type: ignore[method-assign]
+    redis.pipeline = counting_pipeline  # type: ignore[method-assign]
     try:
         for i in range(calls):
             await call(i)
+        await asyncio.sleep(0.01)  # the last call's queued writes
     finally:
         del redis.execute_command
+        del redis.pipeline
     after = _commandstats(await redis.info("commandstats"))
     server = {}
     for name in counted:
@@ -173,7 +200,7 @@ async def redis_traffic(
         usec = after.get(name, (0, 0))[1] - before.get(name, (0, 0))[1]
         if n > 0:
             server[name] = usec / n
-    return RedisTraffic(calls=calls, commands=dict(counted), server_us=server)
+    return RedisTraffic(calls=calls, commands=dict(counted), trips=trips, server_us=server)
 
 
 async def profile(client: ModelClient, requests: Sequence[LLMRequest], path: Path) -> str:

@@ -9,7 +9,10 @@ Per user and window, Redis holds (all under one hash tag, so a cluster keeps the
 Reserve is one Lua script: drop lapsed holds, check `used + reserved + tokens <= limit`, and
 hold the tokens, in one round trip, so concurrent calls of one user can never hold more than
 the budget. A hold lapses (its tokens are freed) when its process died before settling.
-Settle frees the hold and adds the real usage and cost; release is a settle of nothing.
+Settle frees the hold and adds the real usage and cost; release is a settle of nothing. A
+settle is queued, not awaited by the call it settles: it leaves with the prompt cache's write
+of the same answer in one pipeline (`app.bus.writes`). Until it lands the hold still counts,
+so a late settle can only make a concurrent reservation more careful, never overshoot.
 The keys expire an hour after the window (or the last hold) ends.
 
 Errors are not handled here: `BudgetStoreError` says the store did not answer, and the
@@ -30,6 +33,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
+from app.bus.writes import RedisWrites, done
 from app.guards.budget import WindowUsage
 
 PREFIX = "agentsvc:budget:"
@@ -85,6 +89,7 @@ if tonumber(ARGV[3]) > 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'cost', ARGV[3
 redis.call('EXPIREAT', KEYS[1], ARGV[4])
 return 1
 """
+_SETTLE_SRC = _SETTLE.encode()
 
 # KEYS: totals, holds, due. ARGV: now. Returns {used, reserved, cost, exhausted}.
 _READ = (
@@ -132,8 +137,9 @@ class BudgetLedger(Protocol):
         the window exhausted under `limit`."""
         ...
 
-    async def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> None:
-        """Free the hold and add the call's real usage (0, 0: a release)."""
+    def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> asyncio.Future[object]:
+        """Queue freeing the hold and adding the call's real usage (0, 0: a release); the
+        future ends when it is done (`WriteFailed`: it was not)."""
         ...
 
     async def read(self, *, user_id: str, window_start: int, now: float) -> WindowUsage:
@@ -162,10 +168,11 @@ def _text(value: object) -> str:
 
 class RedisBudgetLedger:
     """Budgets in Redis, shared by every replica. Each call is one script, bounded by
-    `deadline_s` whatever the client's own retries do."""
+    `deadline_s` whatever the client's own retries do; settles go out through `writes`."""
 
-    def __init__(self, redis: Redis, *, deadline_s: float) -> None:
+    def __init__(self, redis: Redis, writes: RedisWrites, *, deadline_s: float) -> None:
         self._deadline_s = deadline_s
+        self._writes = writes
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._read = redis.register_script(_READ)
@@ -197,9 +204,12 @@ class RedisBudgetLedger:
             granted=bool(granted), usage=WindowUsage(used_tokens=used, reserved_tokens=reserved)
         )
 
-    async def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> None:
-        args: list[EncodableT] = [hold.hold_id, tokens, repr(cost_usd), hold.expire_at]
-        await self._call(self._settle, _keys(hold.user_id, hold.window_start), args)
+    def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> asyncio.Future[object]:
+        keys = _keys(hold.user_id, hold.window_start)
+        args = (hold.hold_id, tokens, repr(cost_usd), hold.expire_at)
+        return self._writes.send(
+            "EVALSHA", self._settle.sha, len(keys), *keys, *args, script=_SETTLE_SRC
+        )
 
     async def read(self, *, user_id: str, window_start: int, now: float) -> WindowUsage:
         reply = await self._call(self._read, _keys(user_id, window_start), [now])
@@ -262,11 +272,12 @@ class InProcessBudgetLedger:
         window.holds[hold.hold_id] = (tokens, lapse_at)
         return Reservation(granted=True, usage=window.usage())
 
-    async def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> None:
+    def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> asyncio.Future[object]:
         window = self._window(hold.user_id, hold.window_start)
         window.holds.pop(hold.hold_id, None)
         window.used += max(tokens, 0)
         window.cost += max(cost_usd, 0.0)
+        return done()
 
     async def read(self, *, user_id: str, window_start: int, now: float) -> WindowUsage:
         window = self._window(user_id, window_start)
@@ -274,10 +285,12 @@ class InProcessBudgetLedger:
         return window.usage()
 
 
-def build_budget_ledger(redis: Redis | None, *, timeout_s: float) -> BudgetLedger:
+def build_budget_ledger(
+    redis: Redis | None, writes: RedisWrites | None, *, timeout_s: float
+) -> BudgetLedger:
     """Redis when configured, else this process's ledger. A Redis call may take three times
     the client's socket timeout, whatever the client's own retries, before it counts as
     failed."""
-    if redis is None:
+    if redis is None or writes is None:
         return InProcessBudgetLedger()
-    return RedisBudgetLedger(redis, deadline_s=3 * timeout_s)
+    return RedisBudgetLedger(redis, writes, deadline_s=3 * timeout_s)

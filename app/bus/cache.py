@@ -1,17 +1,22 @@
 """Where the prompt cache keeps answers: Redis (shared by every replica) or this process.
 
 Both store opaque bytes under a key for a TTL. Errors are not handled here: the
-cache wrapper (`app.llm.cache`) decides what a failure means (it skips the cache).
+cache wrapper (`app.llm.cache`) decides what a failure means (it skips the cache). A put is
+queued, not awaited by the call that answered: in Redis it leaves with the budget's settle
+of the same call in one pipeline (`app.bus.writes`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
 from redis.asyncio import Redis
+
+from app.bus.writes import RedisWrites, done
 
 PREFIX = "agentsvc:pcache:"
 
@@ -23,8 +28,9 @@ class ResponseStore(Protocol):
         """The value stored under `key`, or None when absent or expired."""
         ...
 
-    async def put(self, key: str, value: bytes, *, ttl_s: float) -> None:
-        """Store `value` under `key` for `ttl_s` seconds (> 0)."""
+    def put(self, key: str, value: bytes, *, ttl_s: float) -> asyncio.Future[object]:
+        """Queue storing `value` under `key` for `ttl_s` seconds (> 0); the future ends
+        when it is stored (`WriteFailed`: it was not)."""
         ...
 
 
@@ -32,16 +38,17 @@ class RedisResponseStore:
     """Keys `agentsvc:pcache:<key>` with a millisecond TTL; the client's short timeouts
     bound every call."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, writes: RedisWrites) -> None:
         self._redis = redis
+        self._writes = writes
 
     async def get(self, key: str) -> bytes | None:
         value = await self._redis.get(PREFIX + key)
         # The shared client does not decode responses: values come back as bytes.
         return value.encode() if isinstance(value, str) else value
 
-    async def put(self, key: str, value: bytes, *, ttl_s: float) -> None:
-        await self._redis.set(PREFIX + key, value, px=max(1, round(ttl_s * 1000)))
+    def put(self, key: str, value: bytes, *, ttl_s: float) -> asyncio.Future[object]:
+        return self._writes.send("SET", PREFIX + key, value, "PX", max(1, round(ttl_s * 1000)))
 
 
 class InProcessResponseStore:
@@ -67,14 +74,14 @@ class InProcessResponseStore:
         self._entries.move_to_end(key)
         return value
 
-    async def put(self, key: str, value: bytes, *, ttl_s: float) -> None:
-        if len(value) > self._max_bytes:
-            return
-        self._drop(key)
-        self._entries[key] = (self._clock() + ttl_s, value)
-        self._size += len(value)
-        while self._size > self._max_bytes:
-            self._drop(next(iter(self._entries)))
+    def put(self, key: str, value: bytes, *, ttl_s: float) -> asyncio.Future[object]:
+        if len(value) <= self._max_bytes:
+            self._drop(key)
+            self._entries[key] = (self._clock() + ttl_s, value)
+            self._size += len(value)
+            while self._size > self._max_bytes:
+                self._drop(next(iter(self._entries)))
+        return done()
 
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)
@@ -82,6 +89,8 @@ class InProcessResponseStore:
             self._size -= len(entry[1])
 
 
-def build_response_store(redis: Redis | None) -> ResponseStore:
+def build_response_store(redis: Redis | None, writes: RedisWrites | None) -> ResponseStore:
     """Redis when the service has one; otherwise this process's own store."""
-    return InProcessResponseStore() if redis is None else RedisResponseStore(redis)
+    if redis is None or writes is None:
+        return InProcessResponseStore()
+    return RedisResponseStore(redis, writes)

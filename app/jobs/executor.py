@@ -50,9 +50,9 @@ class RunExecutor:
         self.owner = owner
         self._held: dict[str, _Held] = {}
         self.slot_freed = asyncio.Event()
-        self._responses = build_response_store(rt.redis)
+        self._responses = build_response_store(rt.redis, rt.writes)
         """The prompt cache's answers (this process's own without Redis)."""
-        self.budgets = BudgetKeeper.from_settings(rt.settings, rt.db, rt.redis)
+        self.budgets = BudgetKeeper.from_settings(rt.settings, rt.db, rt.redis, rt.writes)
         """Token budgets: reservations around every LLM call, usage, overrides."""
         self.resilience = Resilience(
             rt.settings,

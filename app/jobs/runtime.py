@@ -10,6 +10,7 @@ from app.agents.definition import AgentVersion
 from app.agents.registry import AgentRegistry
 from app.bus.events import EventBus
 from app.bus.wakeups import Wakeups
+from app.bus.writes import RedisWrites
 from app.guards.limits import RunLimits, lowest
 from app.guards.redact import Redactor
 from app.jobs.resilience import call_timeout_s
@@ -36,6 +37,8 @@ class Runtime:
     redis: Redis | None = None
     """Shared state between replicas (budgets, cache, breakers, rate limits); None: this
     process's own stand-ins."""
+    writes: RedisWrites | None = None
+    """Writes to `redis` nobody waits for (settles, cache stores), pipelined per loop turn."""
 
 
 def build_spec(

@@ -2,13 +2,13 @@
 
 It sits inside the prompt cache (a hit never reaches it, so it costs no budget) and outside
 the resilience layers (one reservation covers every retry and fallback of the call). The
-reservation is released when the call fails or is cancelled, and settled when it answers,
-even if the run is cancelled meanwhile (shielded): spend is never dropped on the floor.
+reservation is released when the call fails or is cancelled, and settled when it answers.
+Settling is queued, not awaited (it cannot be cancelled with the run): spend is never
+dropped on the floor, and the call's answer does not wait for the budget store.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 from app.bus.budgets import Hold
@@ -27,8 +27,9 @@ class Budgets(Protocol):
         raise the `RunFailure` that ends the run."""
         ...
 
-    async def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> None:
-        """Free the hold and count the real usage (0, 0: a release). Never raises."""
+    def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> None:
+        """Queue freeing the hold and counting the real usage (0, 0: a release). Never
+        raises; the store's failure is the budget service's to report."""
         ...
 
 
@@ -54,7 +55,7 @@ class BudgetedModel:
         try:
             response = await self._inner.complete(request, on_delta=on_delta)
         except BaseException:
-            await asyncio.shield(self._budgets.settle(hold, tokens=0, cost_usd=0.0))
+            self._budgets.settle(hold, tokens=0, cost_usd=0.0)
             raise
         tokens, cost = 0, 0.0
         if not response.cache_hit:
@@ -63,5 +64,5 @@ class BudgetedModel:
             ref = response.served_by or f"{request.provider}/{request.model}"
             provider, _, model = ref.partition("/")
             cost = price_call(provider, model, usage).usd
-        await asyncio.shield(self._budgets.settle(hold, tokens=tokens, cost_usd=cost))
+        self._budgets.settle(hold, tokens=tokens, cost_usd=cost)
         return response

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from app.agents.definition import AgentVersion
 from app.bus.cache import ResponseStore
+from app.bus.writes import watch
 from app.llm.types import DeltaCallback, LLMRequest, LLMResponse, ModelClient, TokenUsage
 from app.observability.metrics import CACHE_REQUESTS
 
@@ -105,14 +106,23 @@ class CachedModel:
         answer = await self._inner.complete(request, on_delta=on_delta)
         # A fallback's answer is not the asked model's: never serve it as one.
         if answer.served_by is None and not answer.cache_hit:
-            await self._put(key, answer)
+            self._put(key, answer)
         return answer
 
-    async def _put(self, key: str, answer: LLMResponse) -> None:
-        try:
-            await self._store.put(key, answer.model_dump_json().encode(), ttl_s=self._scope.ttl_s)
-        except Exception as exc:
+    def _put(self, key: str, answer: LLMResponse) -> None:
+        """Store the answer without waiting for the store."""
+
+        def failed(exc: BaseException) -> None:
             log.warning("prompt cache: answer not stored: %s: %s", type(exc).__name__, exc)
+
+        try:
+            pending = self._store.put(
+                key, answer.model_dump_json().encode(), ttl_s=self._scope.ttl_s
+            )
+        except Exception as exc:
+            failed(exc)
+            return
+        watch(pending, failed)
 
 
 def _decode(raw: bytes | None) -> LLMResponse | None:

@@ -25,6 +25,7 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from app.bus.budgets import KEEP_AFTER_S, BudgetLedger, BudgetStoreError, Hold, build_budget_ledger
+from app.bus.writes import RedisWrites, watch
 from app.errors import Forbidden, NotFound, OverBudget, ServiceUnavailable
 from app.guards.budget import (
     BudgetExhausted,
@@ -94,9 +95,11 @@ class BudgetKeeper:
         self._cache: OrderedDict[str, tuple[OverrideRecord | None, float]] = OrderedDict()
 
     @classmethod
-    def from_settings(cls, settings: Settings, db: Database, redis: Redis | None) -> BudgetKeeper:
+    def from_settings(
+        cls, settings: Settings, db: Database, redis: Redis | None, writes: RedisWrites | None
+    ) -> BudgetKeeper:
         return cls(
-            ledger=build_budget_ledger(redis, timeout_s=settings.redis_timeout_s),
+            ledger=build_budget_ledger(redis, writes, timeout_s=settings.redis_timeout_s),
             db=db,
             default_tokens=settings.default_token_budget,
             window_s=settings.budget_window_s,
@@ -146,14 +149,15 @@ class BudgetKeeper:
             raise budget.refusal(tokens, reservation.usage, now)
         return hold
 
-    async def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> None:
-        """Count the call's real usage and free its hold. A store error is logged and
-        counted; the hold then lapses by itself."""
-        try:
-            await self._ledger.settle(hold, tokens=tokens, cost_usd=cost_usd)
-        except BudgetStoreError as exc:
+    def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> None:
+        """Count the call's real usage and free its hold, without waiting for the store. A
+        store error is logged and counted; the hold then lapses by itself."""
+
+        def failed(exc: BaseException) -> None:
             BUDGET_STORE_ERRORS.labels(policy=self._policy).inc()
             log.warning("budget: %d tokens of %s not counted: %s", tokens, hold.user_id, exc)
+
+        watch(self._ledger.settle(hold, tokens=tokens, cost_usd=cost_usd), failed)
 
     async def check_open(self, user_id: str) -> None:
         """Before a new run: 429 `OverBudget` (Retry-After: the window's reset) when the

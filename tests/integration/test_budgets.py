@@ -20,6 +20,7 @@ from starlette.responses import Response as StarletteResponse
 from starlette.routing import Route
 
 from app.bus.budgets import Hold, InProcessBudgetLedger, RedisBudgetLedger
+from app.bus.writes import RedisWrites
 from tests.conftest import ALICE, BOB, ROOT, SettingsFactory
 from tests.fakes.llm_server import TextReply, ToolCallReply, Usage, serve_fake_openai
 from tests.fakes.loopback import serve_app
@@ -90,10 +91,11 @@ class GateModel:
 async def test_ledgers_reserve_settle_and_lapse_alike(ledger_kind: str) -> None:
     await flush_test_redis()
     client = redis.Redis.from_url(TEST_REDIS, socket_timeout=1)
+    writes = RedisWrites(client, deadline_s=2)
     ledger = (
         InProcessBudgetLedger()
         if ledger_kind == "memory"
-        else RedisBudgetLedger(client, deadline_s=2)
+        else RedisBudgetLedger(client, writes, deadline_s=2)
     )
     now = time.time()
 

@@ -146,7 +146,7 @@ class RecordingBudgets:
         self.hold_s.append(hold_s)
         return Hold(user_id=user_id, window_start=0, hold_id="h", tokens=tokens, expire_at=0)
 
-    async def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> None:
+    def settle(self, hold: Hold, *, tokens: int, cost_usd: float) -> None:
         self.settled.append((hold.tokens, tokens, cost_usd))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client import REGISTRY
 
@@ -211,7 +213,7 @@ class BrokenStore:
     async def get(self, key: str) -> bytes | None:
         raise ConnectionError("redis down")
 
-    async def put(self, key: str, value: bytes, *, ttl_s: float) -> None:
+    def put(self, key: str, value: bytes, *, ttl_s: float) -> asyncio.Future[object]:
         raise AssertionError("nothing is stored after a failed lookup")
 
 
