@@ -77,7 +77,9 @@ class Scanner:
     def hits(self, text: str, pos: int, before: int | None = None) -> list[Hit]:
         """The matches in `text[pos:]`, the end of `text` being final, starting before `before`."""
         found: list[Hit] = []
-        for c in self._compiled if before is None else self._candidates(text, pos, before):
+        # Only the patterns whose attempts can begin with a character of the text: most
+        # texts (a model name, a finish reason, prose) rule out half of them or more.
+        for c in self._candidates(text, pos, len(text) if before is None else before):
             for m in c.pattern.finditer(text, pos):
                 if before is not None and m.start() >= before:
                     break

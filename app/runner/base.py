@@ -88,13 +88,15 @@ class RunnerBase:
     def _timeout_failure(self) -> RunTimeout:
         return RunTimeout(f"the run exceeded its time limit of {self._spec.limits.timeout_s:g} s")
 
-    def _event(self, cp: Checkpoint, type_: EventType, data: dict[str, object]) -> RunEvent:
+    def _event(
+        self, cp: Checkpoint, type_: EventType, data: dict[str, object], *, filtered: bool = False
+    ) -> RunEvent:
         """The next event, with everything in it a user could see filtered (deltas are
-        filtered by the caller, across chunks)."""
-        if type_ != EventType.LLM_DELTA:
-            filtered = self._spec.redactor.redact_json(data)
-            assert isinstance(filtered, dict)
-            data = filtered
+        filtered by the caller, across chunks; `filtered`: `data` already is)."""
+        if type_ != EventType.LLM_DELTA and not filtered:
+            clean = self._spec.redactor.redact_json(data)
+            assert isinstance(clean, dict)
+            data = clean
         event = RunEvent(self._spec.run_id, cp.next_seq, type_, data)
         cp.next_seq += 1
         return event
@@ -135,11 +137,12 @@ class RunnerBase:
                 pass
         match outcome:
             case Completed(output):
+                # The output was filtered above, and usage holds numbers only.
                 data: dict[str, object] = {"result": {"output": output}, "usage": usage}
-                events.append(self._event(cp, EventType.RUN_COMPLETED, data))
+                events.append(self._event(cp, EventType.RUN_COMPLETED, data, filtered=True))
             case Failed(error_type, message):
                 data = {"error": {"type": error_type, "message": message}, "usage": usage}
-                events.append(self._event(cp, EventType.RUN_FAILED, data))
+                events.append(self._event(cp, EventType.RUN_FAILED, data, filtered=True))
             case Cancelled():
                 events.append(self._event(cp, EventType.RUN_CANCELLED, {"usage": usage}))
             case Paused() | Suspended():
