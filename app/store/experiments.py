@@ -12,13 +12,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import starmap
-from typing import cast
 
 from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
-from app.store.models import Run, ToolCallRow
+from app.store.models import Run, ToolCallRow, json_text
 
 MAX_ROWS = 200_000
 """Runs one report reads at most (the newest of the window): a few seconds of work and
@@ -83,11 +82,6 @@ class WindowRuns:
     """The primaries of the shadow runs in `runs`, by id."""
 
 
-def _json_text(column: object, key: str) -> ColumnElement[str | None]:
-    """`column ->> key` on PostgreSQL, `json_extract(column, '$.key')` on SQLite."""
-    return cast(ColumnElement[str | None], column[key].as_string())  # type: ignore[index]
-
-
 async def read_window(
     conn: AsyncConnection,
     agent: str,
@@ -106,16 +100,16 @@ async def read_window(
             Run.variant,
             Run.shadow_of,
             Run.status,
-            _json_text(Run.error, "type").label("error_type"),
+            json_text(Run.error, "type").label("error_type"),
             Run.created_at,
             Run.started_at,
             Run.finished_at,
             Run.turns,
             (Run.input_tokens + Run.output_tokens).label("tokens"),
             Run.cost_usd,
-            _json_text(Run.feedback, "rating").label("rating"),
+            json_text(Run.feedback, "rating").label("rating"),
             # Only shadow runs' outputs are compared: live runs' results stay unread.
-            case((Run.shadow_of.is_not(None), _json_text(Run.result, "output")), else_=None).label(
+            case((Run.shadow_of.is_not(None), json_text(Run.result, "output")), else_=None).label(
                 "output"
             ),
         )
@@ -169,8 +163,8 @@ async def _primaries(
         select(
             primary.id,
             primary.status,
-            _json_text(primary.error, "type"),
-            _json_text(primary.result, "output"),
+            json_text(primary.error, "type"),
+            json_text(primary.result, "output"),
         )
         .join(Run, Run.shadow_of == primary.id)
         .where(in_window, Run.shadow_of.is_not(None))

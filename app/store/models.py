@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -51,6 +53,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None or value.tzinfo is not None:
             return value
         return value.replace(tzinfo=UTC)
+
+
+def json_text(column: object, key: str) -> ColumnElement[str | None]:
+    """`column ->> key` on PostgreSQL, `json_extract(column, '$.key')` on SQLite."""
+    return cast(ColumnElement[str | None], column[key].as_string())  # type: ignore[index]
 
 
 def utcnow() -> datetime:

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store.models import TrafficPolicy
+from app.store.models import TrafficPolicy, json_text
 from app.store.runs import runs
 
 policies_t = cast(Table, TrafficPolicy.__table__)
@@ -84,7 +84,8 @@ async def latest_outcomes(
     conn: AsyncConnection, agent: str, version: str, *, limit: int
 ) -> list[tuple[bool, float | None]]:
     """The agent version's latest finished live runs as (failed, seconds from start to
-    end), newest first. Cancelled and shadow runs are left out."""
+    end), newest first. Cancelled and shadow runs are left out, and so are runs stopped by
+    their user's token budget: a spent budget says nothing about the version."""
     rows = await conn.execute(
         select(runs.c.status, runs.c.started_at, runs.c.finished_at)
         .where(
@@ -92,6 +93,7 @@ async def latest_outcomes(
             runs.c.agent_version == version,
             runs.c.shadow_of.is_(None),
             runs.c.status.in_(("completed", "failed")),
+            func.coalesce(json_text(runs.c.error, "type"), "") != "budget_exceeded",
         )
         .order_by(runs.c.created_at.desc())
         .limit(limit)

@@ -7,27 +7,29 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.agents.policy import TrafficPolicy, assign
 from app.agents.registry import build_registry
+from app.runner.state import Checkpoint
 from app.services.canary import check_canaries
 from app.services.rollouts import PolicyBook
 from app.store import policies as policy_store
 from app.store.db import Database, create_engine
-from app.store.runs import RunRecord, record_from_row, runs, tool_results
+from app.store.runs import RunRecord, insert_run, record_from_row, runs, tool_results
 from tests.conftest import ALICE, ROOT, SettingsFactory
 from tests.fakes.llm_server import TextReply, ToolCallReply, serve_fake_openai
 from tests.integration.test_cli import agentsvc, cli_env
 from tests.support.app import running_app
 from tests.support.metrics import scrape
 from tests.support.polling import until
+from tests.support.runs import new_run
 
 AGENTS = "tests.support.rollout_agents"
 USERS = [f"user{i}" for i in range(30)]
@@ -376,6 +378,35 @@ async def test_a_healthy_canary_stays(make_settings: SettingsFactory) -> None:
         assert await check_canaries(db, book) == []
         state = (await client.get("/agent/agents/rollout/policy", headers=ROOT)).json()
         assert (state["revision"], state["updated_by"]) == (1, "root")
+
+
+async def test_runs_stopped_by_a_spent_budget_do_not_count_against_a_version(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(agents_module=AGENTS, embedded_workers=0)
+    async with running_app(settings), database(settings.database_url) as db:
+        now = datetime.now(UTC)
+        finished = [("completed", None), ("failed", "tool_error"), ("failed", "budget_exceeded")]
+        async with db.transaction() as conn:
+            for i, (status, error) in enumerate([*finished, ("cancelled", None)]):
+                run = new_run(
+                    agent="rollout", agent_version="2", created_at=now + timedelta(seconds=i)
+                )
+                await insert_run(conn, run, checkpoint=Checkpoint(next_seq=1), events=[])
+                await conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run.id)
+                    .values(
+                        status=status,
+                        error=None if error is None else {"type": error, "message": "…"},
+                        started_at=now,
+                        finished_at=now + timedelta(seconds=2),
+                    )
+                )
+        async with db.read() as conn:
+            outcomes = await policy_store.latest_outcomes(conn, "rollout", "2", limit=10)
+        # Newest first; the cancelled run and the one the user's budget stopped are left out.
+        assert outcomes == [(True, 2.0), (False, 2.0)]
 
 
 # --- the CLI -----------------------------------------------------------------------------------
