@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from fastapi import FastAPI
@@ -78,13 +79,16 @@ def validate_models(registry: AgentRegistry, providers: Providers, default_model
 
 def shared_http_client(*, timeout_s: float) -> httpx.AsyncClient:
     """The one client for model calls and tools: httpx's API over aiohttp's connection
-    handling (a tenth of httpx's own CPU per call at high concurrency, BENCHMARKS.md)."""
+    handling (a tenth of httpx's own CPU per call at high concurrency, BENCHMARKS.md). It
+    keeps no cookies: it serves every user's runs, so a cookie that a site gave one run's
+    tool must never go out with another run's request."""
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
     return httpx.AsyncClient(
         transport=AiohttpTransport(limits=limits),
         timeout=httpx.Timeout(timeout_s, connect=10.0),
         limits=limits,
         follow_redirects=False,
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
 
 
@@ -153,7 +157,8 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
         )
         registry = build_registry(settings.agents_module)
         validate_models(registry, providers, settings.default_model)
-        wakeups = Wakeups()
+        owner = process_owner()
+        wakeups = Wakeups(owner=owner)
         await wakeups.listen(settings.database_url)
         stack.push_async_callback(wakeups.close)
         redis = build_redis(settings)
@@ -182,7 +187,7 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
                 http_allowed_hosts=settings.http_tool_allowed_hosts,
             ),
         )
-        executor = RunExecutor(runtime, owner=process_owner())
+        executor = RunExecutor(runtime, owner=owner)
         beating = asyncio.Event()
         heartbeat = asyncio.create_task(executor.heartbeat_forever(beating))
         stack.push_async_callback(_stop, beating, heartbeat)
