@@ -4,34 +4,68 @@ PostgreSQL NOTIFY carries them across processes (sent inside the transaction tha
 makes the change, so they arrive only after it commits); the same object also
 wakes this process directly. They are hints: polling and lease heartbeats remain
 the backstop when a notification is lost.
+
+Every worker hears every new run, but one claim takes it. So that several workers do not
+all claim for one run, each counts the runs it heard of that no claim has answered yet:
++1 per ready signal, −n when any worker says it claimed n (`agentsvc_claimed`, sent at the
+claim's commit, so after the ready signals of the runs it could see), never below 0, and
+at least 1 after a claim that filled every slot it asked for (more may wait). A worker
+woken while the count is 0 has nothing to claim. Workers that know others claim from the
+same queue wait a random few milliseconds before claiming, so that usually one of them
+claims and the others hear of it first. A run the count missed (queued without a signal,
+or a signal lost) waits at most for the poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from app.store.queue import CANCEL_CHANNEL, READY_CHANNEL
+from app.store.queue import CANCEL_CHANNEL, CLAIMED_CHANNEL, READY_CHANNEL
 
 log = logging.getLogger(__name__)
+
+OTHERS_FORGOTTEN_S = 60.0
+"""A worker that has not claimed for this long no longer counts as another claimer."""
 
 
 class Wakeups:
     """Ready and cancel signals for this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, owner: str = "") -> None:
+        """`owner`: this process's lease owner name, to tell its own claims from others'."""
         self.ready_event = asyncio.Event()
         """Set when runs may be waiting to be claimed; the worker clears it."""
+        self._owner = owner
+        self._unclaimed = 0
+        """Runs heard of (other processes' signals) that no claim has answered yet."""
+        self._local = False
+        """This process signalled directly since its last claim began."""
+        self._others_at = -OTHERS_FORGOTTEN_S
         self._cancel_handlers: list[Callable[[str], None]] = []
         self._conn: asyncpg.Connection | None = None
 
     def ready(self) -> None:
         """Runs may be waiting to be claimed."""
+        self._local = True
         self.ready_event.set()
+
+    def may_have_work(self) -> bool:
+        """Whether a claim now may find a run that no claim has answered yet."""
+        return self._local or self._unclaimed > 0
+
+    def claim_begins(self) -> None:
+        """This process is about to claim: it answers its own direct signals."""
+        self._local = False
+
+    def others_claim(self) -> bool:
+        """Whether other workers claimed from the same queue lately."""
+        return time.monotonic() - self._others_at < OTHERS_FORGOTTEN_S
 
     def on_cancel(self, handler: Callable[[str], None]) -> None:
         self._cancel_handlers.append(handler)
@@ -50,10 +84,23 @@ class Wakeups:
         # LISTEN needs a session of its own, never a pooled (or transaction-pooled) one.
         self._conn = await asyncpg.connect(dsn)
         await self._conn.add_listener(READY_CHANNEL, self._on_ready)
+        await self._conn.add_listener(CLAIMED_CHANNEL, self._on_claimed)
         await self._conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
 
     def _on_ready(self, *_: object) -> None:
-        self.ready()
+        self._unclaimed += 1
+        self.ready_event.set()
+
+    def _on_claimed(self, _conn: object, _pid: object, _channel: object, payload: object) -> None:
+        try:
+            owner, taken, asked = str(payload).rsplit(" ", 2)
+            n, limit = int(taken), int(asked)
+        except ValueError:
+            log.warning("unreadable claim notice %r", payload)
+            return
+        self._unclaimed = max(self._unclaimed - n, 1 if n >= limit else 0)
+        if owner != self._owner:
+            self._others_at = time.monotonic()
 
     def _on_cancel(self, _conn: object, _pid: object, _channel: object, payload: object) -> None:
         self.cancel(str(payload))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from datetime import UTC, datetime
 
 from app.jobs.executor import RunExecutor
@@ -17,6 +18,9 @@ from app.services.shadows import queue_due_shadows
 from app.store import queue
 
 log = logging.getLogger(__name__)
+
+CLAIM_STAGGER_S = 0.004
+"""The most a worker waits after a ready signal when other workers claim too."""
 
 
 class Worker:
@@ -48,6 +52,7 @@ class Worker:
         free = self._capacity - self._executor.active
         if free <= 0:
             return False
+        self._rt.wakeups.claim_begins()
         settings = self._rt.settings
         now = datetime.now(UTC)
         claimed = await queue.claim_runs(
@@ -65,13 +70,17 @@ class Worker:
     async def _claim_loop(self) -> None:
         poll_s = self._rt.settings.poll_interval_s
         ready = self._rt.wakeups.ready_event
+        signalled = False
+        """Woken by a ready signal (rather than the poll, or a slot freed)."""
         while not self.stopping.is_set():
             ready.clear()
-            try:
-                more = await self.claim_once()
-            except Exception:
-                log.warning("claiming runs failed", exc_info=True)
-                more = False
+            more = False
+            if not signalled or await self._worth_claiming():
+                try:
+                    more = await self.claim_once()
+                except Exception:
+                    log.warning("claiming runs failed", exc_info=True)
+            signalled = False
             if more and self._executor.active < self._capacity:
                 continue  # slots freed meanwhile and the queue may hold more
             self._executor.slot_freed.clear()
@@ -79,6 +88,16 @@ class Worker:
                 await wait_any(poll_s, self._executor.slot_freed, self.stopping)
             else:
                 await wait_any(poll_s, ready, self.stopping)
+                signalled = ready.is_set()
+
+    async def _worth_claiming(self) -> bool:
+        """After a ready signal: whether a claim may find a run no other claim took. When
+        other workers claim from the queue too, first wait a random moment, so that one of
+        them usually claims a new run and the rest hear it was taken (`app.bus.wakeups`)."""
+        wakeups = self._rt.wakeups
+        if wakeups.others_claim():
+            await wait_any(random.uniform(0, CLAIM_STAGGER_S), self.stopping)
+        return wakeups.may_have_work()
 
     async def maintain_once(self) -> None:
         """Re-queue runs whose worker died, end those that died too often, expire approvals,

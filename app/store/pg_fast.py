@@ -47,12 +47,16 @@ the run visible, as the statement commits alone."""
 
 CLAIM_RUNS = (
     "WITH picked AS (SELECT id FROM runs WHERE status = 'pending'"
-    " ORDER BY priority DESC, created_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
-    " UPDATE runs SET status = 'running', lease_owner = $2, lease_expires_at = $3,"
+    " ORDER BY priority DESC, created_at LIMIT $1 FOR UPDATE SKIP LOCKED),"
+    " claimed AS (UPDATE runs SET status = 'running', lease_owner = $2, lease_expires_at = $3,"
     " attempt = runs.attempt + 1, started_at = COALESCE(runs.started_at, $4)"
-    " FROM picked WHERE runs.id = picked.id RETURNING runs.*"
+    " FROM picked WHERE runs.id = picked.id RETURNING runs.*),"
+    " told AS (SELECT pg_notify($5, $2 || ' ' || count(*) || ' ' || $1::bigint) AS sent"
+    " FROM claimed HAVING count(*) > 0)"
+    " SELECT claimed.* FROM claimed LEFT JOIN told ON true"
 )
-"""Take pending runs, most urgent and oldest first, under a lease: atomic on its own."""
+"""Take pending runs, most urgent and oldest first, under a lease: atomic on its own. When
+it took any, it tells every worker `<owner> <taken> <asked>` on $5 at its commit."""
 
 LLM_CALL_COLUMNS = (
     "turn",
@@ -140,11 +144,17 @@ async def submit_run(
 
 
 async def claim_runs(
-    engine: AsyncEngine, *, owner: str, lease_expires_at: datetime, limit: int, now: datetime
+    engine: AsyncEngine,
+    *,
+    owner: str,
+    lease_expires_at: datetime,
+    limit: int,
+    now: datetime,
+    channel: str,
 ) -> list[Mapping[str, object]]:
-    """Claimed runs as whole rows."""
+    """Claimed runs as whole rows; the workers listening on `channel` hear how many."""
     async with driver(engine) as conn:
-        rows = await conn.fetch(CLAIM_RUNS, limit, owner, lease_expires_at, now)  # type: ignore[attr-defined]
+        rows = await conn.fetch(CLAIM_RUNS, limit, owner, lease_expires_at, now, channel)  # type: ignore[attr-defined]
     return [dict(r) for r in rows]
 
 

@@ -31,6 +31,8 @@ from app.store.runs import (
 from app.store.views import RunView, WebhookRenderer
 
 READY_CHANNEL = "agentsvc_ready"
+CLAIMED_CHANNEL = "agentsvc_claimed"
+"""`<owner> <taken> <asked>` after each claim that took runs (PostgreSQL)."""
 CANCEL_CHANNEL = "agentsvc_cancel"
 
 
@@ -70,7 +72,12 @@ async def claim_runs(
     expires = now + timedelta(seconds=lease_s)
     if db.is_postgres:
         rows = await pg_fast.claim_runs(
-            db.engine, owner=owner, lease_expires_at=expires, limit=limit, now=now
+            db.engine,
+            owner=owner,
+            lease_expires_at=expires,
+            limit=limit,
+            now=now,
+            channel=CLAIMED_CHANNEL,
         )
         return [record_from_row(r) for r in rows]
     picked = (
