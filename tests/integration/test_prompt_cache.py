@@ -43,8 +43,13 @@ async def cache_app(
     make_settings: SettingsFactory, redis_url: str | None, **overrides: object
 ) -> AsyncIterator[tuple[AsyncClient, FakeLLMServer]]:
     async with serve_fake_openai() as fake:
+        # A generous Redis timeout: a lookup that times out on a loaded machine is a miss,
+        # which these tests would take for a bug.
         settings = make_settings(
-            agents_module=AGENTS, openai_base_url=fake.base_url, redis_url=redis_url, **overrides
+            agents_module=AGENTS,
+            openai_base_url=fake.base_url,
+            redis_url=redis_url,
+            **{"redis_timeout_s": 1.0, **overrides},
         )
         async with running_app(settings) as client:
             yield client, fake
