@@ -31,6 +31,7 @@ from app.store import approvals
 from app.store.queue import renew_leases
 from app.store.run_store import SqlRunStore
 from app.store.runs import RunRecord, tool_results
+from app.store.tool_sets import ToolSetMemory
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class RunExecutor:
         """Retries, circuit breakers (shared through Redis), fallback chains, guarded tools."""
         self.policies = PolicyBook(rt.db, rt.registry, refresh_s=rt.settings.policy_refresh_s)
         """Agents' traffic policies: which version serves each request."""
+        self._tool_sets = ToolSetMemory()
+        """The sets of tools this process's runs have stored (each is written once)."""
         rt.wakeups.on_cancel(self.request_cancel)
 
     @property
@@ -202,6 +205,7 @@ class RunExecutor:
             webhook_url=webhook_url,
             approval_ttl_s=self.rt.settings.approval_ttl_s,
             render_webhook=render_webhook,
+            tool_sets=self._tool_sets,
         )
 
     async def _fail_unrunnable(self, run: RunRecord, cp: Checkpoint, message: str) -> None:

@@ -323,6 +323,17 @@ class BudgetOverride(Base):
     """Who set it: an admin's user id, or `cli`."""
 
 
+class ToolSet(Base):
+    """The tools an LLM call offered, stored once: `llm_calls.request` names them by digest."""
+
+    __tablename__ = "tool_sets"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """sha256 of the tools' JSON with sorted keys."""
+    tools: Mapped[list[object]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class TrafficPolicy(Base):
     """How an agent's traffic is split between its versions (app/agents/policy.py)."""
 

@@ -87,6 +87,8 @@ LLM_STEP = (
     f" l AS (INSERT INTO llm_calls (run_id, {', '.join(LLM_CALL_COLUMNS)}, created_at)"
     " SELECT u.id, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30"
     " FROM u),"
+    " t AS (INSERT INTO tool_sets (digest, tools, created_at) SELECT $32, $33::jsonb, $30"
+    " FROM u WHERE $33::jsonb IS NOT NULL ON CONFLICT DO NOTHING),"
     " e AS (" + _EVENTS_FROM.format(src="u", at=30, events=31) + ")"
     " SELECT * FROM u"
 )
@@ -167,11 +169,14 @@ async def llm_step(
     llm_call: Sequence[object],
     at: datetime,
     events: Sequence[RunEvent],
+    tool_set: tuple[str, list[object]] | None,
 ) -> Mapping[str, object] | None:
-    """Checkpoint, trace row, events and maybe the end of a run, fenced by (owner, attempt).
-    None when the run is no longer held by this owner at this attempt."""
+    """Checkpoint, trace row, events, maybe the end of a run and the tool set its request
+    names (digest, tools; None: known to be stored), fenced by (owner, attempt). None when
+    the run is no longer held by this owner at this attempt."""
+    digest, tools = (None, None) if tool_set is None else (tool_set[0], json_text(tool_set[1]))
     async with driver(engine) as conn:
         row = await conn.fetchrow(  # type: ignore[attr-defined]
-            LLM_STEP, *fence, *progress, *ending, *llm_call, at, events_text(events)
+            LLM_STEP, *fence, *progress, *ending, *llm_call, at, events_text(events), digest, tools
         )
     return None if row is None else dict(row)

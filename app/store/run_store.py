@@ -28,7 +28,7 @@ from app.runner.protocols import (
     ToolCallRecord,
 )
 from app.runner.state import Checkpoint
-from app.store import approvals, pg_fast, sessions, webhooks
+from app.store import approvals, pg_fast, sessions, tool_sets, webhooks
 from app.store.db import Database
 from app.store.pg_fast import json_text
 from app.store.runs import (
@@ -39,6 +39,7 @@ from app.store.runs import (
     runs,
     tool_calls_t,
 )
+from app.store.tool_sets import ToolSetMemory, split_request
 from app.store.views import RunView, WebhookRenderer
 
 # Built once (see runs.INSERT_RUN). The SET clause comes from the parameters given.
@@ -70,8 +71,10 @@ class SqlRunStore:
         approval_ttl_s: float = 3600.0,
         agent: str = "",
         allowed_tools: frozenset[str] = frozenset(),
+        tool_sets: ToolSetMemory | None = None,
     ) -> None:
-        """`agent` and `allowed_tools` label the metrics of the run's calls."""
+        """`agent` and `allowed_tools` label the metrics of the run's calls; `tool_sets`:
+        the sets of tools this process has stored (shared by its runs)."""
         self._db = db
         self._run_id = uuid.UUID(run_id)
         self._user_id = user_id
@@ -85,6 +88,7 @@ class SqlRunStore:
         self._agent = agent
         self._allowed_tools = allowed_tools
         self._step_began = time.monotonic()
+        self._tool_sets = ToolSetMemory() if tool_sets is None else tool_sets
 
     async def commit(self, step: Step) -> bool:
         cancel = await self._write(step)
@@ -117,10 +121,15 @@ class SqlRunStore:
         now = datetime.now(UTC)
         if self._fast_path(step):
             return await self._commit_llm_step(step, now)
+        tool_set = None
         async with self._db.transaction() as conn:
             cancel, run = await self._update_run(conn, step.checkpoint, step.outcome, now)
             if step.llm_call is not None:
-                await conn.execute(_INSERT_LLM_CALL, self._llm_values(step.llm_call))
+                request, tool_set = split_request(step.llm_call.request)
+                unwritten = self._tool_sets.unwritten(tool_set)
+                if unwritten is not None:
+                    await tool_sets.write(conn, unwritten, now=now)
+                await conn.execute(_INSERT_LLM_CALL, self._llm_values(step.llm_call, request))
             if step.tool_call is not None:
                 await self._upsert_tool_call(conn, step.tool_call)
             await insert_events(conn, step.events)
@@ -146,6 +155,7 @@ class SqlRunStore:
                     now=now,
                     render=lambda event_type: self._render(event_type, view),
                 )
+        self._tool_sets.written(tool_set)
         return cancel
 
     def _fast_path(self, step: Step) -> bool:
@@ -171,6 +181,8 @@ class SqlRunStore:
             case Failed(error_type, message):
                 status, finished = "failed", now
                 error = json_text({"type": error_type, "message": message})
+        request, tool_set = split_request(call.request)
+        unwritten = self._tool_sets.unwritten(tool_set)
         row = await pg_fast.llm_step(
             self._db.engine,
             fence=(self._run_id, self._owner, self._attempt),
@@ -186,12 +198,14 @@ class SqlRunStore:
                 usage.tool_calls,
             ),
             ending=(status, result, error, finished),
-            llm_call=pg_fast.llm_call_args(self._llm_values(call)),
+            llm_call=pg_fast.llm_call_args(self._llm_values(call, request)),
             at=now,
             events=step.events,
+            tool_set=None if unwritten is None else (unwritten.digest, unwritten.tools),
         )
         if row is None:
             raise LeaseLost(f"run {self._run_id} is no longer held by {self._owner}")
+        self._tool_sets.written(tool_set)
         if status is not None:
             self.last_state = record_from_row(row)
         return bool(row["cancel_requested"])
@@ -264,13 +278,14 @@ class SqlRunStore:
             self.last_state = run
         return bool(row["cancel_requested"]), run
 
-    def _llm_values(self, c: LLMCallRecord) -> dict[str, object]:
+    def _llm_values(self, c: LLMCallRecord, request: dict[str, object]) -> dict[str, object]:
+        """The trace row; `request` is the call's as stored (its tools by digest)."""
         return {
             "run_id": self._run_id,
             "turn": c.turn,
             "provider": c.provider,
             "model": c.model,
-            "request": c.request,
+            "request": request,
             "response": c.response,
             "input_tokens": c.usage.input_tokens,
             "output_tokens": c.usage.output_tokens,

@@ -16,6 +16,7 @@ from app.runner.state import Checkpoint
 from app.store.feedback import FeedbackRecord, history
 from app.store.models import LLMCall, Run, ToolCallRow
 from app.store.models import RunEvent as RunEventRow
+from app.store.tool_sets import restore_tools
 
 runs = cast(Table, Run.__table__)
 events_t = cast(Table, RunEventRow.__table__)
@@ -246,8 +247,10 @@ async def get_trace(conn: AsyncConnection, run_id: uuid.UUID) -> Trace:
     tools = await conn.execute(
         select(tool_calls_t).where(tool_calls_t.c.run_id == run_id).order_by(tool_calls_t.c.id)
     )
+    calls = [dict(r) for r in llm.mappings()]
+    await restore_tools(conn, [c["request"] for c in calls if isinstance(c["request"], dict)])
     return Trace(
-        llm_calls=[dict(r) for r in llm.mappings()],
+        llm_calls=calls,
         tool_calls=[dict(r) for r in tools.mappings()],
         feedback=await history(conn, run_id),
     )
