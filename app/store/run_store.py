@@ -28,7 +28,7 @@ from app.runner.protocols import (
     ToolCallRecord,
 )
 from app.runner.state import Checkpoint
-from app.store import approvals, pg_fast, sessions, tool_sets, webhooks
+from app.store import approvals, pg_fast, queue, sessions, tool_sets, webhooks
 from app.store.db import Database
 from app.store.pg_fast import json_text
 from app.store.runs import (
@@ -124,6 +124,9 @@ class SqlRunStore:
         tool_set = None
         async with self._db.transaction() as conn:
             cancel, run = await self._update_run(conn, step.checkpoint, step.outcome, now)
+            if isinstance(step.outcome, Suspended) and self._db.is_postgres:
+                # Handed back (SIGTERM): another worker may take it at once, not at its poll.
+                await queue.notify(conn, queue.READY_CHANNEL)
             if step.llm_call is not None:
                 request, tool_set = split_request(step.llm_call.request)
                 unwritten = self._tool_sets.unwritten(tool_set)

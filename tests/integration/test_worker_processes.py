@@ -246,6 +246,29 @@ async def test_sigterm_finishes_the_step_and_hands_the_run_back(cluster: Cluster
     await assert_nothing_twice(cluster, [job])
 
 
+async def test_a_run_handed_back_at_sigterm_wakes_an_idle_worker(cluster: Cluster) -> None:
+    (job,) = await submit_all(cluster, ["nap 4; tally w; calc 6*7"])
+    a = cluster.start("a")
+    await until(
+        lambda: _tool_started(cluster, job, "nap"), "worker a to start the nap", timeout_s=20
+    )
+    # b polls only every 60 s: only the hand-back's wake-up can bring it the run in time.
+    cluster.start("b", AGENTSVC_POLL_INTERVAL_S="60")
+
+    async def both_listening() -> bool:
+        rows = await cluster.query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE 'LISTEN%agentsvc_cancel%'"
+        )
+        return int(rows[0]["n"]) >= 2
+
+    await until(both_listening, "worker b to listen", timeout_s=20)
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(20) == 0
+    await until(all_in(cluster, [job], "completed"), "worker b to finish", timeout_s=30)
+    await assert_nothing_twice(cluster, [job])
+
+
 async def test_run_that_keeps_killing_workers_ends_interrupted(cluster: Cluster) -> None:
     (job,) = await submit_all(cluster, ["nap 20"])
     for attempt, name in enumerate(("a", "b"), start=1):
