@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from app.agents.registry import AgentRegistry, build_registry
 from app.bus.events import EventBus, InProcessBus
 from app.bus.ratelimit import build_rate_limiter
-from app.bus.redis_client import connect_redis
+from app.bus.redis_client import call_deadline_s, connect_redis
 from app.bus.redis_events import RedisBus
 from app.bus.wakeups import Wakeups
 from app.bus.writes import RedisWrites
@@ -165,7 +165,7 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
         writes = None
         if redis is not None:
             stack.push_async_callback(redis.aclose)
-            writes = RedisWrites(redis, deadline_s=3 * settings.redis_timeout_s)
+            writes = RedisWrites(redis, deadline_s=call_deadline_s(settings.redis_timeout_s))
             stack.push_async_callback(writes.aclose)
         bus = build_bus(settings, redis)
         stack.push_async_callback(bus.close)

@@ -33,6 +33,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
+from app.bus.redis_client import call_deadline_s
 from app.bus.writes import RedisWrites, done
 from app.guards.budget import WindowUsage
 
@@ -285,12 +286,8 @@ class InProcessBudgetLedger:
         return window.usage()
 
 
-def build_budget_ledger(
-    redis: Redis | None, writes: RedisWrites | None, *, timeout_s: float
-) -> BudgetLedger:
-    """Redis when configured, else this process's ledger. A Redis call may take three times
-    the client's socket timeout, whatever the client's own retries, before it counts as
-    failed."""
-    if redis is None or writes is None:
+def build_budget_ledger(writes: RedisWrites | None, *, timeout_s: float) -> BudgetLedger:
+    """Redis when configured (`writes` carries the client), else this process's ledger."""
+    if writes is None:
         return InProcessBudgetLedger()
-    return RedisBudgetLedger(redis, writes, deadline_s=3 * timeout_s)
+    return RedisBudgetLedger(writes.redis, writes, deadline_s=call_deadline_s(timeout_s))

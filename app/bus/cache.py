@@ -89,8 +89,7 @@ class InProcessResponseStore:
             self._size -= len(entry[1])
 
 
-def build_response_store(redis: Redis | None, writes: RedisWrites | None) -> ResponseStore:
-    """Redis when the service has one; otherwise this process's own store."""
-    if redis is None or writes is None:
-        return InProcessResponseStore()
-    return RedisResponseStore(redis, writes)
+def build_response_store(writes: RedisWrites | None) -> ResponseStore:
+    """Redis when the service has one (`writes` carries the client); otherwise this
+    process's own store."""
+    return InProcessResponseStore() if writes is None else RedisResponseStore(writes.redis, writes)

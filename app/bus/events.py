@@ -92,7 +92,7 @@ class Subscription:
         self._release()
 
     def wake(self) -> None:
-        """Make a waiting `take` return now, empty-handed: the reader has something else to
+        """Make a waiting `take_until` return now, empty-handed: the reader has something else to
         look at (its client left, the process is stopping)."""
         self._woken = True
         self._release()
@@ -107,13 +107,9 @@ class Subscription:
         if not self.ready:
             await self._wait(asyncio.get_running_loop().time() + wait_s)
 
-    async def take(self, wait_s: float) -> tuple[list[RunEvent], bool]:
-        """Wait up to `wait_s` for something; the events and whether the reader was
-        nudged (it must then consult the log)."""
-        return await self.take_until(asyncio.get_running_loop().time() + wait_s)
-
     async def take_until(self, deadline: float) -> tuple[list[RunEvent], bool]:
-        """`take`, waiting until `deadline` (loop time) at most. A reader that keeps its
+        """Wait until `deadline` (loop time) at most for something; the events and whether
+        the reader was nudged (it must then consult the log). A reader that keeps its
         deadline over many wake-ups (its next ping) keeps one timer for all of them:
         making and cancelling one per wake-up was 5 % of fan-out CPU."""
         if not self._events and not self.nudged and not self._woken:

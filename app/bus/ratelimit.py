@@ -22,6 +22,8 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.bus.redis_client import call_deadline_s
+
 PREFIX = "agentsvc:rate:"
 PERIOD_S = 60.0
 EPSILON_S = 1e-6
@@ -100,4 +102,4 @@ def build_rate_limiter(redis: Redis | None, *, timeout_s: float) -> RateLimiter:
     """Redis when configured, else this process's limiter."""
     if redis is None:
         return InProcessRateLimiter()
-    return RedisRateLimiter(redis, deadline_s=3 * timeout_s)
+    return RedisRateLimiter(redis, deadline_s=call_deadline_s(timeout_s))

@@ -49,6 +49,12 @@ _PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {
 }
 
 
+def call_deadline_s(timeout_s: float) -> float:
+    """The most one call to Redis (a script, a pipeline) may take before its caller counts it
+    as failed, whatever the client's own retries: three times the client's socket timeout."""
+    return 3 * timeout_s
+
+
 def connect_redis(url: str, *, timeout_s: float) -> Redis:
     """A client for `url` whose every call has `timeout_s` and no retry, so a Redis that
     stops answering costs each caller at most that (its policy then applies). No retry,

@@ -37,7 +37,7 @@ OTHERS_FORGOTTEN_S = 60.0
 class Wakeups:
     """Ready and cancel signals for this process."""
 
-    def __init__(self, *, owner: str = "") -> None:
+    def __init__(self, *, owner: str) -> None:
         """`owner`: this process's lease owner name, to tell its own claims from others'."""
         self.ready_event = asyncio.Event()
         """Set when runs may be waiting to be claimed; the worker clears it."""

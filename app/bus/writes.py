@@ -42,6 +42,8 @@ class RedisWrites:
 
     def __init__(self, redis: Redis, *, deadline_s: float) -> None:
         """`deadline_s`: the most a pipeline may take before its writes count as failed."""
+        self.redis = redis
+        """The client the writes go to (the stores that queue writes read through it)."""
         self._redis = redis
         self._deadline_s = deadline_s
         self._queued: list[_Write] = []

@@ -51,9 +51,9 @@ class RunExecutor:
         self.owner = owner
         self._held: dict[str, _Held] = {}
         self.slot_freed = asyncio.Event()
-        self._responses = build_response_store(rt.redis, rt.writes)
+        self._responses = build_response_store(rt.writes)
         """The prompt cache's answers (this process's own without Redis)."""
-        self.budgets = BudgetKeeper.from_settings(rt.settings, rt.db, rt.redis, rt.writes)
+        self.budgets = BudgetKeeper.from_settings(rt.settings, rt.db, rt.writes)
         """Token budgets: reservations around every LLM call, usage, overrides."""
         self.resilience = Resilience(
             rt.settings,

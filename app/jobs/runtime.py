@@ -38,7 +38,8 @@ class Runtime:
     """Shared state between replicas (budgets, cache, breakers, rate limits); None: this
     process's own stand-ins."""
     writes: RedisWrites | None = None
-    """Writes to `redis` nobody waits for (settles, cache stores), pipelined per loop turn."""
+    """Writes to `redis` nobody waits for (settles, cache stores), pipelined per loop turn;
+    set exactly when `redis` is."""
 
 
 def build_spec(

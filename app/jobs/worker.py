@@ -70,8 +70,7 @@ class Worker:
     async def _claim_loop(self) -> None:
         poll_s = self._rt.settings.poll_interval_s
         ready = self._rt.wakeups.ready_event
-        signalled = False
-        """Woken by a ready signal (rather than the poll, or a slot freed)."""
+        signalled = False  # woken by a ready signal (not by the poll or a freed slot)
         while not self.stopping.is_set():
             ready.clear()
             more = False

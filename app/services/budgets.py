@@ -22,8 +22,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
-from redis.asyncio import Redis
-
 from app.bus.budgets import KEEP_AFTER_S, BudgetLedger, BudgetStoreError, Hold, build_budget_ledger
 from app.bus.writes import RedisWrites, watch
 from app.errors import Forbidden, NotFound, OverBudget, ServiceUnavailable
@@ -96,10 +94,11 @@ class BudgetKeeper:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, db: Database, redis: Redis | None, writes: RedisWrites | None
+        cls, settings: Settings, db: Database, writes: RedisWrites | None
     ) -> BudgetKeeper:
+        """`writes`: the process's queued writes to Redis (None: no Redis)."""
         return cls(
-            ledger=build_budget_ledger(redis, writes, timeout_s=settings.redis_timeout_s),
+            ledger=build_budget_ledger(writes, timeout_s=settings.redis_timeout_s),
             db=db,
             default_tokens=settings.default_token_budget,
             window_s=settings.budget_window_s,

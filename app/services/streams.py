@@ -19,7 +19,6 @@ import signal
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 
 import orjson
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
@@ -95,15 +94,6 @@ class StreamHub:
         up to its terminal event (or for `max_s`); use it with `async with`. The caller
         has checked that it may read the run."""
         return Follower(self, run_id, after=after, max_s=max_s)
-
-    async def follow(
-        self, run_id: uuid.UUID, *, after: int = -1, max_s: float | None = None
-    ) -> AsyncIterator[RunEvent]:
-        """The events of `reading` one by one."""
-        async with self.reading(run_id, after=after, max_s=max_s) as reader:
-            while not reader.done:
-                for event in await reader.next():
-                    yield event
 
     def end_streams(self) -> None:
         """End every stream of this process now (the server is stopping)."""

@@ -39,7 +39,7 @@ from app.store.runs import (
     runs,
     tool_calls_t,
 )
-from app.store.tool_sets import ToolSetMemory, split_request
+from app.store.tool_sets import ToolSetMemory, ToolSetRow, split_request
 from app.store.views import RunView, WebhookRenderer
 
 # Built once (see runs.INSERT_RUN). The SET clause comes from the parameters given.
@@ -124,15 +124,15 @@ class SqlRunStore:
         tool_set = None
         async with self._db.transaction() as conn:
             cancel, run = await self._update_run(conn, step.checkpoint, step.outcome, now)
-            if isinstance(step.outcome, Suspended) and self._db.is_postgres:
+            if isinstance(step.outcome, Suspended):
                 # Handed back (SIGTERM): another worker may take it at once, not at its poll.
                 await queue.notify(conn, queue.READY_CHANNEL)
             if step.llm_call is not None:
-                request, tool_set = split_request(step.llm_call.request)
+                values, tool_set = self._llm_values(step.llm_call)
                 unwritten = self._tool_sets.unwritten(tool_set)
                 if unwritten is not None:
                     await tool_sets.write(conn, unwritten, now=now)
-                await conn.execute(_INSERT_LLM_CALL, self._llm_values(step.llm_call, request))
+                await conn.execute(_INSERT_LLM_CALL, values)
             if step.tool_call is not None:
                 await self._upsert_tool_call(conn, step.tool_call)
             await insert_events(conn, step.events)
@@ -184,7 +184,7 @@ class SqlRunStore:
             case Failed(error_type, message):
                 status, finished = "failed", now
                 error = json_text({"type": error_type, "message": message})
-        request, tool_set = split_request(call.request)
+        values, tool_set = self._llm_values(call)
         unwritten = self._tool_sets.unwritten(tool_set)
         row = await pg_fast.llm_step(
             self._db.engine,
@@ -201,7 +201,7 @@ class SqlRunStore:
                 usage.tool_calls,
             ),
             ending=(status, result, error, finished),
-            llm_call=pg_fast.llm_call_args(self._llm_values(call, request)),
+            llm_call=pg_fast.llm_call_args(values),
             at=now,
             events=step.events,
             tool_set=None if unwritten is None else (unwritten.digest, unwritten.tools),
@@ -281,8 +281,9 @@ class SqlRunStore:
             self.last_state = run
         return bool(row["cancel_requested"]), run
 
-    def _llm_values(self, c: LLMCallRecord, request: dict[str, object]) -> dict[str, object]:
-        """The trace row; `request` is the call's as stored (its tools by digest)."""
+    def _llm_values(self, c: LLMCallRecord) -> tuple[dict[str, object], ToolSetRow | None]:
+        """The trace row (its request naming its tools by digest) and the tools it names."""
+        request, tool_set = split_request(c.request)
         return {
             "run_id": self._run_id,
             "turn": c.turn,
@@ -298,7 +299,7 @@ class SqlRunStore:
             "latency_ms": c.latency_ms,
             "error": c.error,
             "cache_hit": c.cache_hit,
-        }
+        }, tool_set
 
     def _tool_values(self, record: ToolCallRecord) -> dict[str, object]:
         finished = None if record.status == "started" else datetime.now(UTC)
