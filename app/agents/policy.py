@@ -96,7 +96,10 @@ class RollbackRule(BaseModel):
     max_error_rate_increase: Share = 0.05
     """Canary error rate minus stable's above this rolls back (0.05 = 5 points)."""
     max_p95_latency_ratio: Annotated[float, Field(ge=1.0, le=100.0)] = 1.5
-    """Canary p95 latency above stable's times this rolls back."""
+    """Canary p95 latency above stable's times this rolls back (with the margin below)."""
+    min_p95_latency_increase_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 1.0
+    """Canary p95 latency must also be this many seconds above stable's: between two
+    versions that answer in milliseconds a ratio measures noise, not a regression."""
 
     def check(self, canary: VersionSample, stable: VersionSample) -> None:
         """Raise CanaryRegressed when `canary` is worse than `stable` beyond the margins.
@@ -116,11 +119,13 @@ class RollbackRule(BaseModel):
             and canary.p95_latency_s is not None
             and stable.p95_latency_s is not None
             and canary.p95_latency_s > stable.p95_latency_s * self.max_p95_latency_ratio
+            and canary.p95_latency_s - stable.p95_latency_s > self.min_p95_latency_increase_s
         ):
             raise CanaryRegressed(
                 f"p95 latency {canary.p95_latency_s:.3f} s over its last {canary.runs} runs "
                 f"against stable's {stable.p95_latency_s:.3f} s over {stable.runs} "
-                f"(allowed x{self.max_p95_latency_ratio:g})"
+                f"(allowed x{self.max_p95_latency_ratio:g} or "
+                f"+{self.min_p95_latency_increase_s:g} s)"
             )
 
 

@@ -122,14 +122,19 @@ def test_shadow_is_drawn_per_request_and_never_shadows_itself() -> None:
     assert assign(served_by_shadow, agent="a", user_id="u", sample=0.0).shadow_version is None
 
 
-RULE = RollbackRule(min_runs=20, max_error_rate_increase=0.05, max_p95_latency_ratio=1.5)
+RULE = RollbackRule(
+    min_runs=20,
+    max_error_rate_increase=0.05,
+    max_p95_latency_ratio=1.5,
+    min_p95_latency_increase_s=1.0,
+)
 
 
 @pytest.mark.parametrize(
     ("canary", "stable", "why"),
     [
         (VersionSample(20, 3, 1.0), VersionSample(50, 2, 1.0), "error rate 15.0%"),
-        (VersionSample(20, 0, 1.6), VersionSample(50, 0, 1.0), "p95 latency 1.600 s"),
+        (VersionSample(20, 0, 3.1), VersionSample(50, 0, 2.0), "p95 latency 3.100 s"),
     ],
 )
 def test_the_rule_rolls_back_a_regressed_canary(
@@ -144,7 +149,9 @@ def test_the_rule_rolls_back_a_regressed_canary(
     [
         (VersionSample(19, 19, 9.0), VersionSample(50, 0, 1.0)),  # too few runs to judge
         (VersionSample(20, 2, 1.0), VersionSample(50, 3, 1.0)),  # within the margin
-        (VersionSample(20, 0, 1.4), VersionSample(50, 0, 1.0)),  # latency within the ratio
+        (VersionSample(20, 0, 2.9), VersionSample(50, 0, 2.0)),  # latency within the ratio
+        (VersionSample(20, 0, 0.034), VersionSample(50, 0, 0.020)),  # x1.7 but 14 ms: noise
+        (VersionSample(20, 0, 1.9), VersionSample(50, 0, 1.0)),  # x1.9 but only +0.9 s
         (VersionSample(20, 0, 9.0), VersionSample(5, 0, 1.0)),  # stable too small for latency
     ],
 )
