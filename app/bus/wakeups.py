@@ -14,11 +14,16 @@ woken while the count is 0 has nothing to claim. Workers that know others claim 
 same queue wait a random few milliseconds before claiming, so that usually one of them
 claims and the others hear of it first. A run the count missed (queued without a signal,
 or a signal lost) waits at most for the poll.
+
+The LISTEN connection is watched: when PostgreSQL closes it (a restart, a failover, an idle
+timeout somewhere in between) or it stops answering, it is opened again with backoff, and
+the worker looks for work once, since signals sent meanwhile are lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +37,12 @@ log = logging.getLogger(__name__)
 
 OTHERS_FORGOTTEN_S = 60.0
 """A worker that has not claimed for this long no longer counts as another claimer."""
+CHECK_S = 15.0
+"""An idle LISTEN connection is asked to answer this often (a dead peer sends no close)."""
+ANSWER_S = 5.0
+"""How long it may take to answer (or to connect) before it counts as lost."""
+RECONNECT_MAX_S = 30.0
+"""The longest wait between attempts to open it again."""
 
 
 class Wakeups:
@@ -49,6 +60,9 @@ class Wakeups:
         self._others_at = -OTHERS_FORGOTTEN_S
         self._cancel_handlers: list[Callable[[str], None]] = []
         self._conn: asyncpg.Connection | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self.reconnects = 0
+        """How many times the LISTEN connection was opened again after it was lost."""
 
     def ready(self) -> None:
         """Runs may be waiting to be claimed."""
@@ -76,16 +90,68 @@ class Wakeups:
             handler(run_id)
 
     async def listen(self, database_url: str) -> None:
-        """Receive other processes' signals (PostgreSQL only; a no-op elsewhere)."""
+        """Receive other processes' signals (PostgreSQL only; a no-op elsewhere). The first
+        connection must open; later losses are repaired in the background."""
         url = make_url(database_url)
         if url.get_backend_name() != "postgresql":
             return
         dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        lost = await self._connect(dsn)
+        self._keeper = asyncio.create_task(self._keep_listening(dsn, lost))
+
+    async def _connect(self, dsn: str) -> asyncio.Event:
+        """Open the LISTEN connection; the event is set once it is closed or lost."""
         # LISTEN needs a session of its own, never a pooled (or transaction-pooled) one.
-        self._conn = await asyncpg.connect(dsn)
-        await self._conn.add_listener(READY_CHANNEL, self._on_ready)
-        await self._conn.add_listener(CLAIMED_CHANNEL, self._on_claimed)
-        await self._conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
+        conn = await asyncpg.connect(
+            dsn,
+            timeout=ANSWER_S,
+            server_settings={"application_name": f"agentsvc-listen {self._owner}"[:63]},
+        )
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(READY_CHANNEL, self._on_ready)
+        await conn.add_listener(CLAIMED_CHANNEL, self._on_claimed)
+        await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
+        self._conn = conn
+        return lost
+
+    async def _keep_listening(self, dsn: str, lost: asyncio.Event) -> None:
+        """Watch the connection; open it again, with backoff, whenever it is lost."""
+        while True:
+            await self._watch(lost)
+            log.warning("wake-ups: the LISTEN connection was lost; opening it again")
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.terminate()
+            backoff_s = 0.5
+            while True:
+                try:
+                    lost = await self._connect(dsn)
+                    break
+                except Exception as exc:  # this task must outlive any failure
+                    log.warning("wake-ups: cannot listen yet (%r); retry in %.1f s", exc, backoff_s)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, RECONNECT_MAX_S)
+            self.reconnects += 1
+            # Ready signals sent while away are lost: look for work once.
+            self._unclaimed = max(self._unclaimed, 1)
+            self.ready_event.set()
+
+    async def _watch(self, lost: asyncio.Event) -> None:
+        """Return once the connection is closed, or fails to answer within ANSWER_S."""
+        while True:
+            try:
+                await asyncio.wait_for(lost.wait(), CHECK_S)
+                return
+            except TimeoutError:
+                pass
+            conn = self._conn
+            if conn is None:
+                return
+            try:
+                await conn.fetchval("SELECT 1", timeout=ANSWER_S)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return
 
     def _on_ready(self, *_: object) -> None:
         self._unclaimed += 1
@@ -106,6 +172,11 @@ class Wakeups:
         self.cancel(str(payload))
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
         if self._conn is not None:
             await self._conn.close()
             self._conn = None

@@ -1,13 +1,18 @@
 """Workers' wake-ups on PostgreSQL: each worker counts the runs it heard of that no claim has
-taken yet, from the ready signals and the notices every claim sends at its commit."""
+taken yet, from the ready signals and the notices every claim sends at its commit; a LISTEN
+connection that is closed or stops answering is opened again."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
+from app.bus import wakeups as wakeups_module
 from app.bus.wakeups import Wakeups
 from app.runner.state import Checkpoint
 from app.store import queue
@@ -88,3 +93,68 @@ async def test_a_process_that_signals_itself_claims_once(
     assert a.may_have_work()
     a.claim_begins()
     assert not a.may_have_work()
+
+
+def _plain(pg_url: str) -> str:
+    return pg_url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _hears_cancels_again(pg_url: str, wakeups: Wakeups) -> None:
+    """After a reconnect: it looks for work once, and hears signals again."""
+    assert wakeups.ready_event.is_set()
+    assert wakeups.may_have_work()
+    heard: list[str] = []
+    wakeups.on_cancel(heard.append)
+    pg_execute(_plain(pg_url), f"NOTIFY {queue.CANCEL_CHANNEL}, 'run-1'")
+
+    async def got_it() -> bool:
+        return heard == ["run-1"]
+
+    await until(got_it, "the cancel signal on the new connection")
+
+
+async def test_a_closed_listen_connection_is_opened_again(
+    pg_url: str, workers: tuple[Wakeups, Wakeups]
+) -> None:
+    a, b = workers
+    assert not a.ready_event.is_set()
+    pg_execute(
+        _plain(pg_url),
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'agentsvc-listen worker-a'",
+    )
+
+    async def reopened() -> bool:
+        return a.reconnects == 1
+
+    await until(reopened, "a new LISTEN connection")
+    await _hears_cancels_again(pg_url, a)
+    assert b.reconnects == 0
+
+
+async def test_a_listen_connection_that_stops_answering_is_replaced(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wakeups_module, "CHECK_S", 0.2)
+    monkeypatch.setattr(wakeups_module, "ANSWER_S", 0.5)
+    wakeups = Wakeups(owner="worker-stalled")
+    await wakeups.listen(pg_url)
+    conn = await asyncpg.connect(_plain(pg_url))
+    try:
+        pid = await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            "agentsvc-listen worker-stalled",
+        )
+        os.kill(pid, signal.SIGSTOP)  # a peer that is there but never answers
+        try:
+
+            async def reopened() -> bool:
+                return wakeups.reconnects == 1
+
+            await until(reopened, "a replacement for the stalled connection")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await _hears_cancels_again(pg_url, wakeups)
+    finally:
+        await conn.close()
+        await wakeups.close()
