@@ -10,6 +10,9 @@ AppError
 ├── TooManyRequests    429 rate_limited (with Retry-After)
 │   └── OverBudget     429 budget_exceeded (with Retry-After: the budget window's reset)
 └── ServiceUnavailable 503 service_unavailable
+
+A database that cannot be reached (a restart, a failover) answers 503 with Retry-After,
+not 500.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import ClassVar
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.store.db import is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +150,18 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, _slug(exc.status_code), detail, headers=exc.headers)
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_unavailable(exc):
+        return await _unhandled(request, exc)
+    log.warning("database unreachable: %s", exc)
+    return problem(
+        503,
+        ServiceUnavailable.type,
+        "the database cannot be reached just now; try again shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error", exc_info=exc)
     return problem(500, "internal", "internal server error")
@@ -152,4 +171,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for database_error in (DBAPIError, asyncpg.InterfaceError, asyncpg.PostgresError):
+        app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -19,7 +19,7 @@ from app.llm.budgeted import BudgetedModel
 from app.llm.cache import CachedModel, cache_scope
 from app.llm.types import ModelClient
 from app.observability.metrics import RUNS_IN_FLIGHT
-from app.runner.errors import LeaseLost
+from app.runner.errors import LeaseLost, StoreUnavailable
 from app.runner.events import EventType, RunEvent
 from app.runner.loop import GuardedRunner, RunSpec
 from app.runner.protocols import ApprovalDecision, Failed, Step
@@ -27,13 +27,16 @@ from app.runner.shadow import ShadowReplay
 from app.runner.state import Checkpoint
 from app.services.budgets import BudgetKeeper
 from app.services.rollouts import PolicyBook
-from app.store import approvals
+from app.store import approvals, queue
+from app.store.db import is_unavailable
 from app.store.queue import renew_leases
 from app.store.run_store import SqlRunStore
 from app.store.runs import RunRecord, tool_results
 from app.store.tool_sets import ToolSetMemory
 
 log = logging.getLogger(__name__)
+HAND_BACK_BACKOFF_MAX_S = 5.0
+"""The longest wait between attempts to hand back a run while the database is away."""
 
 
 @dataclass
@@ -231,11 +234,43 @@ class RunExecutor:
         except LeaseLost:
             log.warning("run %s: lease lost, stopped without writing", run_id)
             return None
+        except StoreUnavailable:
+            log.warning("run %s: database unreachable; handing it back", run_id, exc_info=True)
+            await self._hand_back(run_id)
+            return None
         except Exception:
             # The final write failed; the lease expires and another worker resumes the run.
             log.exception("run %s: could not record its end", run_id)
             return None
         return store.last_state
+
+    async def _hand_back(self, run_id: str) -> None:
+        """Re-queue a run whose write failed for want of the database, to resume from its
+        last commit on whichever worker claims it first. Tried again with backoff for a
+        lease's length; after that the lease's expiry hands it back."""
+        held = self._held.get(run_id)
+        if held is None:
+            return
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.rt.settings.lease_seconds
+        backoff_s = 0.2
+        while True:
+            try:
+                async with self.rt.db.transaction() as conn:
+                    handed = await queue.hand_back(
+                        conn, uuid.UUID(run_id), owner=self.owner, attempt=held.attempt
+                    )
+                break
+            except Exception as exc:
+                if not is_unavailable(exc) or loop.time() + backoff_s > give_up_at:
+                    log.warning(
+                        "run %s: not handed back; it resumes when its lease expires", run_id
+                    )
+                    return
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, HAND_BACK_BACKOFF_MAX_S)
+        if handed:
+            self.rt.wakeups.ready()
 
     def request_cancel(self, run_id: str) -> None:
         """Stop a held run at its next step boundary, aborting an in-flight LLM call."""

@@ -10,8 +10,9 @@
     ├── InvalidRun         validation_error
     └── InternalFailure    internal
 
-`LeaseLost` is not a failure of the run: this worker no longer owns it and must
-stop without writing anything more.
+`LeaseLost` and `StoreUnavailable` are not failures of the run: this worker no longer
+owns it, or cannot reach the store that holds it, and must stop without writing anything
+more; the run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -59,3 +60,8 @@ class InternalFailure(RunFailure):
 
 class LeaseLost(Exception):
     """Another worker owns the run now; stop and write nothing."""
+
+
+class StoreUnavailable(Exception):
+    """The run's store cannot be reached (a database restart or failover): stop, write
+    nothing more, and let the run be resumed from its last committed checkpoint."""

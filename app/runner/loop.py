@@ -16,7 +16,7 @@ from app.llm.pricing import price_call
 from app.llm.types import DeltaCallback, LLMRequest, LLMResponse, TokenUsage
 from app.observability.metrics import BUDGET_REJECTIONS
 from app.runner.base import _Stop, log
-from app.runner.errors import LeaseLost, LLMUnavailable, RunFailure
+from app.runner.errors import LeaseLost, LLMUnavailable, RunFailure, StoreUnavailable
 from app.runner.events import EventType, RunEvent
 from app.runner.protocols import (
     Cancelled,
@@ -63,7 +63,7 @@ class GuardedRunner(ToolSteps):
                     return outcome
         except _Stop as stop:
             return await self._finish(cp, Cancelled() if stop.reason == "cancel" else Suspended())
-        except LeaseLost:
+        except (LeaseLost, StoreUnavailable):
             raise
         except RunFailure as exc:
             return await self._finish(cp, Failed(exc.error_type, str(exc)))

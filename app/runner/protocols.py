@@ -119,8 +119,9 @@ class RunStore(Protocol):
     """Durable state of one run, written only by the worker that holds its lease."""
 
     async def commit(self, step: Step) -> bool:
-        """Persist the step atomically; raise LeaseLost if the run is no longer ours.
-        Return True when someone asked to cancel the run."""
+        """Persist the step atomically; raise LeaseLost if the run is no longer ours,
+        StoreUnavailable if the store cannot be reached. Return True when someone asked
+        to cancel the run."""
         ...
 
     async def begin_tool_call(

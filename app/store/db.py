@@ -5,11 +5,38 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 import orjson
+from asyncpg import exceptions as pg_errors
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,  # "connection is closed", a protocol left mid-operation
+    pg_errors.PostgresConnectionError,
+    pg_errors.AdminShutdownError,
+    pg_errors.CrashShutdownError,
+    pg_errors.CannotConnectNowError,
+    pg_errors.TooManyConnectionsError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached or dropped the connection (a
+    restart, a failover), rather than refusing a statement: worth trying again later."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, _UNREACHABLE):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _json_dumps(value: object) -> str:
@@ -24,7 +51,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         # No overflow: under load, extra connections are opened and closed again and again
@@ -34,6 +61,19 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
     )
+    event.listen(engine.sync_engine.pool, "checkout", _drop_closed)
+    return engine
+
+
+def _drop_closed(
+    _dbapi_conn: object, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    """A pooled connection the server closed while it sat idle (a restart, a terminated
+    backend) is replaced at checkout: the driver already knows, so no round trip is spent
+    (a pre-ping would cost three per checkout on asyncpg)."""
+    driver = record.driver_connection
+    if isinstance(driver, asyncpg.Connection) and driver.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

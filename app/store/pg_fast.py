@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.runner.events import RunEvent
+from app.store.db import is_unavailable
 from app.store.runs import runs
 
 RUN_COLUMNS = tuple(c.name for c in runs.c)
@@ -118,7 +119,14 @@ async def driver(engine: AsyncEngine) -> AsyncIterator[object]:
     """The asyncpg connection under a pooled SQLAlchemy connection, outside any transaction."""
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
-        yield raw.driver_connection
+        try:
+            yield raw.driver_connection
+        except Exception as exc:
+            # SQLAlchemy does not see the driver's errors: a dead connection must not go
+            # back to the pool for the next unit of work to fail on.
+            if is_unavailable(exc):
+                await conn.invalidate()
+            raise
 
 
 async def start_run(

@@ -229,6 +229,26 @@ async def reap_expired(
     return requeued
 
 
+async def hand_back(conn: AsyncConnection, run_id: uuid.UUID, *, owner: str, attempt: int) -> bool:
+    """Put a run `owner` holds at `attempt` back in the queue as its last commit left it:
+    lease released, not counted as a crash, other workers told. False if it was not held."""
+    result = await conn.execute(
+        update(runs)
+        .where(
+            runs.c.id == run_id,
+            runs.c.lease_owner == owner,
+            runs.c.attempt == attempt,
+            runs.c.status == "running",
+        )
+        .values(status="pending", lease_owner=None, lease_expires_at=None)
+        .returning(runs.c.id)
+    )
+    if result.first() is None:
+        return False
+    await notify(conn, READY_CHANNEL)
+    return True
+
+
 async def request_cancel(conn: AsyncConnection, run_id: uuid.UUID) -> None:
     """Flag a running run; its holder stops at the next step boundary."""
     await conn.execute(update(runs).where(runs.c.id == run_id).values(cancel_requested=True))

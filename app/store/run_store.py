@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, insert, select, update
@@ -13,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.observability.recording import observe_run_end, observe_step
-from app.runner.errors import LeaseLost
+from app.runner.errors import LeaseLost, StoreUnavailable
 from app.runner.events import RunEvent
 from app.runner.protocols import (
     TERMINAL_OUTCOMES,
@@ -29,7 +30,7 @@ from app.runner.protocols import (
 )
 from app.runner.state import Checkpoint
 from app.store import approvals, pg_fast, queue, sessions, tool_sets, webhooks
-from app.store.db import Database
+from app.store.db import Database, is_unavailable
 from app.store.pg_fast import json_text
 from app.store.runs import (
     RunRecord,
@@ -56,7 +57,8 @@ log = logging.getLogger(__name__)
 
 
 class SqlRunStore:
-    """Writes of the worker that holds a run's lease; a lost lease raises LeaseLost."""
+    """Writes of the worker that holds a run's lease; a lost lease raises LeaseLost, a
+    database out of reach StoreUnavailable."""
 
     def __init__(
         self,
@@ -91,9 +93,19 @@ class SqlRunStore:
         self._tool_sets = ToolSetMemory() if tool_sets is None else tool_sets
 
     async def commit(self, step: Step) -> bool:
-        cancel = await self._write(step)
+        with self._reachable():
+            cancel = await self._write(step)
         await self._observe(step)
         return cancel
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise StoreUnavailable(f"run {self._run_id}: database unreachable: {exc}") from exc
+            raise
 
     async def _observe(self, step: Step) -> None:
         """Metrics of a committed step, and of the run when it ended: recorded here because
@@ -214,6 +226,12 @@ class SqlRunStore:
         return bool(row["cancel_requested"])
 
     async def begin_tool_call(
+        self, intent: ToolCallRecord, checkpoint: Checkpoint, events: Sequence[RunEvent]
+    ) -> ToolCallRecord | None:
+        with self._reachable():
+            return await self._begin_tool_call(intent, checkpoint, events)
+
+    async def _begin_tool_call(
         self, intent: ToolCallRecord, checkpoint: Checkpoint, events: Sequence[RunEvent]
     ) -> ToolCallRecord | None:
         async with self._db.transaction() as conn:

@@ -54,6 +54,8 @@ class TextReply:
 
     text: str
     usage: Usage = Usage()
+    delay_s: float = 0.0
+    """How long the server waits before it answers."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class FakeLLMServer:
             return Response(
                 content, reply.status, headers=dict(reply.headers), media_type="application/json"
             )
+        if isinstance(reply, TextReply) and reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
         model = str(payload.get("model", "fake-model"))
         if payload.get("stream") is True:
             if self.flavour == "openai":

@@ -17,7 +17,6 @@ from app.llm.types import (
     TokenUsage,
     ToolCall,
 )
-from app.runner.errors import LeaseLost
 from app.runner.events import RunEvent
 from app.runner.protocols import Step, ToolCallRecord
 from app.runner.state import Checkpoint
@@ -72,19 +71,20 @@ class ScriptedModel:
 
 @dataclass
 class MemoryStore:
-    """Keeps committed steps; `lost` makes every write raise LeaseLost."""
+    """Keeps committed steps; `refuse` makes every write raise that error (LeaseLost,
+    StoreUnavailable)."""
 
     steps: list[Step] = field(default_factory=list)
     intents: dict[str, ToolCallRecord] = field(default_factory=dict)
     events: list[RunEvent] = field(default_factory=list)
     checkpoints: list[JsonObject] = field(default_factory=list)
-    lost: bool = False
+    refuse: type[Exception] | None = None
     cancel_after: int | None = None
     """Report a cancel request from this many commits on."""
 
     async def commit(self, step: Step) -> bool:
-        if self.lost:
-            raise LeaseLost("gone")
+        if self.refuse is not None:
+            raise self.refuse("gone")
         self.steps.append(step)
         self.events.extend(step.events)
         self.checkpoints.append(step.checkpoint.model_dump(mode="json"))
@@ -95,8 +95,8 @@ class MemoryStore:
     async def begin_tool_call(
         self, intent: ToolCallRecord, checkpoint: Checkpoint, events: Sequence[RunEvent]
     ) -> ToolCallRecord | None:
-        if self.lost:
-            raise LeaseLost("gone")
+        if self.refuse is not None:
+            raise self.refuse("gone")
         self.events.extend(events)
         prior = self.intents.get(intent.key)
         if prior is None:

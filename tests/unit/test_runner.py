@@ -10,7 +10,7 @@ import pytest
 from app.guards.limits import RunLimits
 from app.llm.errors import ProviderServerError
 from app.llm.types import Message, ToolCall
-from app.runner.errors import LeaseLost
+from app.runner.errors import LeaseLost, StoreUnavailable
 from app.runner.events import EventType
 from app.runner.loop import GuardedRunner, RunSpec, start_run
 from app.runner.protocols import ApprovalDecision, Cancelled, Completed, Failed, Paused, Suspended
@@ -348,10 +348,15 @@ async def test_resume_with_started_intent(idempotent: bool, runs: int) -> None:
     assert record.status == ("ok" if idempotent else "in_doubt")
 
 
-async def test_lease_lost_stops_without_writing() -> None:
+@pytest.mark.parametrize("refusal", [LeaseLost, StoreUnavailable])
+async def test_a_refused_write_stops_the_run_without_writing(
+    refusal: type[Exception],
+) -> None:
+    """Neither a lost lease nor an unreachable store is the run's failure: it stops where
+    it is, to be resumed from its last checkpoint, and writes no `failed` end."""
     model = ScriptedModel([text("x")])
-    store = MemoryStore(lost=True)
-    with pytest.raises(LeaseLost):
+    store = MemoryStore(refuse=refusal)
+    with pytest.raises(refusal):
         await make_runner(model, store, []).run(fresh())
     assert store.steps == []
 
