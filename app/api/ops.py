@@ -26,7 +26,7 @@ from app.errors import (
 )
 from app.guards.limits import lowest
 from app.observability.export import metrics_registry, render_metrics
-from app.services import runs
+from app.services import runs, traces
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ async def list_agents(_: PrincipalDep, services: ServicesDep) -> AgentCatalog:
 )
 async def get_trace(job_id: str, principal: PrincipalDep, services: ServicesDep) -> TraceRead:
     """Every LLM call (prompt, response, tokens, cost) and tool call of a run."""
-    run, trace = await runs.get_trace(services.executor, principal, runs.parse_id(job_id))
+    run, trace = await traces.get_trace(services.executor, principal, runs.parse_id(job_id))
     return TraceRead(
         job_id=str(run.id),
         routing=RoutingRead.from_run(run),

@@ -16,7 +16,7 @@ from app.guards.redact import Redactor
 from app.jobs.executor import RunExecutor
 from app.observability.metrics import FEEDBACK
 from app.services.auth import Principal
-from app.services.runs import redactor_for
+from app.services.traces import redactor_for
 from app.store import feedback as feedback_store
 from app.store import runs as run_store
 from app.store.feedback import FeedbackEntry, FeedbackRecord

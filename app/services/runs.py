@@ -11,11 +11,10 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.agents.registry import AgentRegistry, UnknownAgent
+from app.agents.registry import UnknownAgent
 from app.agents.routing import route_run
 from app.api.schemas import RunCreate
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.guards.redact import Redactor
 from app.jobs.executor import RunExecutor
 from app.jobs.runtime import build_spec
 from app.jobs.ssrf import UnsafeURL, check_callback_url
@@ -27,8 +26,12 @@ from app.runner.state import Checkpoint
 from app.services.auth import Principal
 from app.store import approvals, queue, webhooks
 from app.store import runs as run_store
-from app.store.runs import TERMINAL_STATUSES, NewRun, RunRecord, Trace
+from app.store.db import is_unavailable
+from app.store.runs import TERMINAL_STATUSES, NewRun, RunRecord
 from app.store.views import RunView
+
+SETTLED_POLL_S = 0.1
+"""How often a sync request re-reads a run that another worker took over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,7 @@ def parse_id(value: str, what: str = "run") -> uuid.UUID:
         raise NotFound(f"{what} {value} not found") from None
 
 
-async def _owned_run(
+async def owned_run(
     conn: AsyncConnection, principal: Principal, run_id: uuid.UUID, *, lock: bool = False
 ) -> RunRecord:
     run = await run_store.get_run(conn, run_id, principal.owner, lock=lock)
@@ -195,23 +198,41 @@ async def wait_for_run(
 ) -> RunView:
     """The run after up to `timeout_s` of waiting for the task that drives it. A run that
     ended here without a webhook is answered from its final commit, without a read."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     if started.task is not None:
         await asyncio.wait({started.task}, timeout=timeout_s)
         if started.task.done() and not started.task.cancelled():
             final = started.task.result()
-            if (
-                final is not None
-                and final.status in TERMINAL_STATUSES
-                and final.webhook_url is None
-            ):
+            if final is None:
+                # Handed back (the database went away) or lost: another claim goes on with it.
+                return await _settled(executor, principal, started.run_id, deadline)
+            if final.status in TERMINAL_STATUSES and final.webhook_url is None:
                 return RunView(final, [], None)
     return await get_run(executor, principal, started.run_id)
+
+
+async def _settled(
+    executor: RunExecutor, principal: Principal, run_id: uuid.UUID, deadline: float
+) -> RunView:
+    """The run once it ends or waits for a human, or as it is at `deadline`."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            view = await get_run(executor, principal, run_id)
+        except Exception as exc:
+            if not is_unavailable(exc) or loop.time() >= deadline:
+                raise
+        else:
+            if view.run.status not in ("pending", "running") or loop.time() >= deadline:
+                return view
+        await asyncio.sleep(min(SETTLED_POLL_S, max(0.0, deadline - loop.time())))
 
 
 async def get_run(executor: RunExecutor, principal: Principal, run_id: uuid.UUID) -> RunView:
     """The run, if the caller may see it, with its pending approvals and webhook state."""
     async with executor.rt.db.transaction() as conn:
-        return await load_view(conn, await _owned_run(conn, principal, run_id))
+        return await load_view(conn, await owned_run(conn, principal, run_id))
 
 
 async def load_view(conn: AsyncConnection, run: RunRecord) -> RunView:
@@ -231,7 +252,7 @@ async def cancel_run(executor: RunExecutor, principal: Principal, run_id: uuid.U
     rt = executor.rt
     now = datetime.now(UTC)
     async with rt.db.transaction() as conn:
-        run = await _owned_run(conn, principal, run_id, lock=True)
+        run = await owned_run(conn, principal, run_id, lock=True)
         if run.status in ("pending", "awaiting_approval"):
             await approvals.cancel_pending(conn, run_id, now=now)
             await queue.finish_unowned(
@@ -247,50 +268,7 @@ async def cancel_run(executor: RunExecutor, principal: Principal, run_id: uuid.U
 async def retry_webhook(executor: RunExecutor, principal: Principal, run_id: uuid.UUID) -> RunView:
     """Send the run's failed webhook deliveries again, with the same webhook-id."""
     async with executor.rt.db.transaction() as conn:
-        await _owned_run(conn, principal, run_id)
+        await owned_run(conn, principal, run_id)
         if await webhooks.retry_failed(conn, run_id, now=datetime.now(UTC)) == 0:
             raise Conflict("the run has no failed webhook delivery to send again")
     return await get_run(executor, principal, run_id)
-
-
-async def get_trace(
-    executor: RunExecutor, principal: Principal, run_id: uuid.UUID
-) -> tuple[RunRecord, Trace]:
-    """Every LLM and tool call of a run the caller may see: raw for admins, through the
-    agent's output filter for everyone else."""
-    async with executor.rt.db.transaction() as conn:
-        run = await _owned_run(conn, principal, run_id)
-        trace = await run_store.get_trace(conn, run_id)
-    if principal.role == "admin":
-        return run, trace
-    return run, filter_trace(
-        trace, redactor_for(executor.rt.registry, run.agent, run.agent_version)
-    )
-
-
-def redactor_for(registry: AgentRegistry, agent: str, version: str | None) -> Redactor:
-    """The output filter of an agent version (None: the stable one); the strictest one if
-    it is gone."""
-    try:
-        return Redactor(entities=registry.resolve(agent, version)[1].redact)
-    except UnknownAgent:
-        return Redactor()
-
-
-def filter_trace(trace: Trace, redactor: Redactor) -> Trace:
-    """The trace with every prompt, answer, argument, result and rating comment filtered."""
-    text_fields = ("request", "response", "error", "arguments", "result")
-    return Trace(
-        llm_calls=[_filtered(c, redactor, text_fields) for c in trace.llm_calls],
-        tool_calls=[_filtered(c, redactor, text_fields) for c in trace.tool_calls],
-        feedback=[
-            f if f.comment is None else replace(f, comment=redactor.redact(f.comment))
-            for f in trace.feedback
-        ],
-    )
-
-
-def _filtered(
-    row: dict[str, object], redactor: Redactor, fields: tuple[str, ...]
-) -> dict[str, object]:
-    return {k: redactor.redact_json(v) if k in fields else v for k, v in row.items()}

@@ -40,7 +40,7 @@ from app.guards.redact import Redactor
 from app.jobs.executor import RunExecutor
 from app.llm.types import Message
 from app.runner.state import Checkpoint
-from app.services import runs
+from app.services import runs, traces
 from app.services.auth import Principal
 from app.store import sessions as session_store
 from app.store.runs import Owner, RunRecord
@@ -112,7 +112,7 @@ async def get_session_log(
     contexts = {run_id: conversation(cp) for run_id, cp in checkpoints.items()}
     log = message_log(session_runs, contexts)
     if principal.role != "admin":
-        redactor = runs.redactor_for(executor.rt.registry, session.agent, None)
+        redactor = traces.redactor_for(executor.rt.registry, session.agent, None)
         log = [(run_id, filter_message(m, redactor)) for run_id, m in log]
     return SessionLog(session, session_runs, log)
 

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.observability.recording import observe_run_end, observe_step
@@ -21,7 +20,6 @@ from app.runner.protocols import (
     Cancelled,
     Completed,
     Failed,
-    LLMCallRecord,
     Outcome,
     Paused,
     Step,
@@ -40,7 +38,8 @@ from app.store.runs import (
     runs,
     tool_calls_t,
 )
-from app.store.tool_sets import ToolSetMemory, ToolSetRow, split_request
+from app.store.tool_sets import ToolSetMemory
+from app.store.trace_rows import llm_call_row, tool_call_row, upsert_tool_call
 from app.store.views import RunView, WebhookRenderer
 
 # Built once (see runs.INSERT_RUN). The SET clause comes from the parameters given.
@@ -140,13 +139,15 @@ class SqlRunStore:
                 # Handed back (SIGTERM): another worker may take it at once, not at its poll.
                 await queue.notify(conn, queue.READY_CHANNEL)
             if step.llm_call is not None:
-                values, tool_set = self._llm_values(step.llm_call)
+                values, tool_set = llm_call_row(self._run_id, step.llm_call)
                 unwritten = self._tool_sets.unwritten(tool_set)
                 if unwritten is not None:
                     await tool_sets.write(conn, unwritten, now=now)
                 await conn.execute(_INSERT_LLM_CALL, values)
             if step.tool_call is not None:
-                await self._upsert_tool_call(conn, step.tool_call)
+                await upsert_tool_call(
+                    conn, self._run_id, step.tool_call, postgres=self._db.is_postgres
+                )
             await insert_events(conn, step.events)
             pending = []
             if isinstance(step.outcome, Paused):
@@ -196,7 +197,7 @@ class SqlRunStore:
             case Failed(error_type, message):
                 status, finished = "failed", now
                 error = json_text({"type": error_type, "message": message})
-        values, tool_set = self._llm_values(call)
+        values, tool_set = llm_call_row(self._run_id, call)
         unwritten = self._tool_sets.unwritten(tool_set)
         row = await pg_fast.llm_step(
             self._db.engine,
@@ -242,7 +243,7 @@ class SqlRunStore:
                 )
             ).first()
             if prior is None:
-                await conn.execute(_INSERT_TOOL_CALL, self._tool_values(intent))
+                await conn.execute(_INSERT_TOOL_CALL, tool_call_row(self._run_id, intent))
             await insert_events(conn, events)
         if prior is None:
             return None
@@ -298,51 +299,6 @@ class SqlRunStore:
         if run is not None:
             self.last_state = run
         return bool(row["cancel_requested"]), run
-
-    def _llm_values(self, c: LLMCallRecord) -> tuple[dict[str, object], ToolSetRow | None]:
-        """The trace row (its request naming its tools by digest) and the tools it names."""
-        request, tool_set = split_request(c.request)
-        return {
-            "run_id": self._run_id,
-            "turn": c.turn,
-            "provider": c.provider,
-            "model": c.model,
-            "request": request,
-            "response": c.response,
-            "input_tokens": c.usage.input_tokens,
-            "output_tokens": c.usage.output_tokens,
-            "cached_tokens": c.usage.cached_tokens,
-            "cost_usd": c.cost_usd,
-            "priced": c.priced,
-            "latency_ms": c.latency_ms,
-            "error": c.error,
-            "cache_hit": c.cache_hit,
-        }, tool_set
-
-    def _tool_values(self, record: ToolCallRecord) -> dict[str, object]:
-        finished = None if record.status == "started" else datetime.now(UTC)
-        return {
-            "run_id": self._run_id,
-            "idempotency_key": record.key,
-            "turn": record.turn,
-            "call_index": record.index,
-            "call_id": record.call_id,
-            "name": record.name,
-            "arguments": record.arguments,
-            "status": record.status,
-            "result": record.result,
-            "latency_ms": record.latency_ms,
-            "finished_at": finished,
-        }
-
-    async def _upsert_tool_call(self, conn: AsyncConnection, record: ToolCallRecord) -> None:
-        values = self._tool_values(record)
-        dialect = postgresql if self._db.is_postgres else sqlite
-        stmt = dialect.insert(tool_calls_t).values(values)
-        changed = {k: values[k] for k in ("status", "result", "latency_ms", "finished_at")}
-        await conn.execute(
-            stmt.on_conflict_do_update(index_elements=["idempotency_key"], set_=changed)
-        )
 
 
 def _status(outcome: Outcome | None) -> str | None:

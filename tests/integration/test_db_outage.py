@@ -104,3 +104,34 @@ async def test_requests_answer_503_while_the_database_is_away_and_200_after(
         job = await submit(client, "What is 2+2?")
         body = await wait_status(client, job, "completed", "failed")
         assert body["status"] == "completed", body
+
+
+async def test_a_sync_request_waits_for_its_handed_back_run(
+    make_settings: SettingsFactory, proxy: CuttableProxy
+) -> None:
+    async with serve_fake_openai() as fake:
+        fake.enqueue(
+            ToolCallReply("calculator", {"expression": "17*23"}),
+            TextReply("391", delay_s=0.3),
+            TextReply("391"),
+        )
+        settings = make_settings(
+            default_model="openai/gpt-4o-mini", openai_base_url=fake.base_url, **FAST
+        )
+        async with running_app(settings) as client:
+            asked = asyncio.create_task(
+                client.post(
+                    "/agent", json={"agent": "assistant", "input": "What is 17*23?"}, headers=ALICE
+                )
+            )
+
+            async def second_call() -> bool:
+                return len(fake.requests) == 2
+
+            await until(second_call, what="the second LLM call")
+            await proxy.cut(refuse_s=1.0)
+            response = await asked
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "completed"
+        assert response.json()["result"] == {"output": "391"}
+        assert len(fake.requests) == 3
