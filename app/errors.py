@@ -95,6 +95,18 @@ class ServiceUnavailable(AppError):
     type = "service_unavailable"
 
 
+RUN_START_ERRORS: tuple[type[AppError], ...] = (
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+)
+"""What starting a run can answer besides 429 (a named session that is someone else's,
+missing, or still answering: 403, 404, 409)."""
+
+
 def problem(
     status: int,
     type_: str,

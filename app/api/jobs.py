@@ -8,14 +8,13 @@ from app.api.schemas import JobAccepted, RunCreate, RunRead
 from app.api.stream import stream_url
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
+    RUN_START_ERRORS,
     Conflict,
-    InvalidRequest,
     NotFound,
-    PayloadTooLarge,
     Unauthorized,
     problem_responses,
 )
-from app.services import runs
+from app.services import runs, sessions
 
 router = APIRouter(tags=["jobs"])
 
@@ -24,13 +23,15 @@ router = APIRouter(tags=["jobs"])
     "/agent/submit",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=problem_responses(InvalidRequest, Unauthorized, PayloadTooLarge),
+    responses=problem_responses(*RUN_START_ERRORS),
 )
 async def submit(
     body: RunCreate, principal: PrincipalDep, services: ServicesDep, request: Request
 ) -> JobAccepted:
     """Queue a run for a worker; poll `status_url`, or give `webhook_url` to be called."""
-    started = await runs.create_run(services.executor, principal, body, pattern="job", inline=False)
+    started = await sessions.start_run(
+        services.executor, principal, body, pattern="job", inline=False
+    )
     job_id = str(started.run_id)
     return JobAccepted(
         job_id=job_id,

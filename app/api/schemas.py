@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -48,6 +49,9 @@ class RunCreate(RunInput):
     """Body of `POST /agent`, `/agent/submit` and `/agent/stream`."""
 
     agent: AgentName
+    session_id: uuid.UUID | None = None
+    """Continue this session's conversation (its agent must be `agent`): the run is its next
+    message, as with `POST /agent/sessions/{id}/messages` (409 while an earlier one runs)."""
     webhook_url: str | None = Field(default=None, max_length=2048)
     """Receives `run.completed`, `run.failed`, `run.cancelled` and `run.awaiting_approval`."""
 

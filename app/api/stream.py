@@ -10,9 +10,15 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from app.api.schemas import RunCreate
 from app.api.sse import EventStream
 from app.deps import OptionalPrincipalDep, PrincipalDep, ServicesDep
-from app.errors import InvalidRequest, NotFound, PayloadTooLarge, Unauthorized, problem_responses
+from app.errors import (
+    RUN_START_ERRORS,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    problem_responses,
+)
 from app.lifespan import Services
-from app.services import runs
+from app.services import runs, sessions
 from app.services.streams import open_stream, read_to_the_end
 
 router = APIRouter(tags=["stream"])
@@ -57,7 +63,7 @@ def event_stream(services: Services, run_id: uuid.UUID, after: int = -1) -> Even
     "/agent/stream",
     response_class=EventStream,
     status_code=status.HTTP_200_OK,  # what FastAPI would read off a Response's __init__
-    responses={**STREAM_DOC, **problem_responses(InvalidRequest, Unauthorized, PayloadTooLarge)},
+    responses={**STREAM_DOC, **problem_responses(*RUN_START_ERRORS)},
 )
 async def stream_run(
     body: RunCreate, principal: PrincipalDep, services: ServicesDep
@@ -65,7 +71,7 @@ async def stream_run(
     """Run an agent and stream its events as they happen, the model's text included
     (`llm.delta`). Disconnecting does not stop the run: attach again with
     `GET /agent/stream/{job_id}` and `Last-Event-ID`."""
-    started = await runs.create_run(
+    started = await sessions.start_run(
         services.executor, principal, body, pattern="stream", inline=True
     )
     return event_stream(services, started.run_id)

@@ -7,9 +7,12 @@ from fastapi import APIRouter, Request, Response, status
 from app.api.schemas import RunCreate, RunRead
 from app.api.stream import stream_url
 from app.deps import PrincipalDep, ServicesDep
-from app.errors import InvalidRequest, PayloadTooLarge, Unauthorized, problem_responses
+from app.errors import (
+    RUN_START_ERRORS,
+    problem_responses,
+)
 from app.lifespan import Services
-from app.services import runs
+from app.services import runs, sessions
 from app.services.auth import Principal
 from app.store.runs import TERMINAL_STATUSES
 
@@ -21,7 +24,7 @@ router = APIRouter(tags=["runs"])
     response_model=RunRead,
     responses={
         202: {"model": RunRead, "description": "Still running (or awaiting approval)"},
-        **problem_responses(InvalidRequest, Unauthorized, PayloadTooLarge),
+        **problem_responses(*RUN_START_ERRORS),
     },
 )
 async def run_agent(
@@ -33,7 +36,9 @@ async def run_agent(
 ) -> RunRead:
     """Run an agent in this process and wait up to `AGENTSVC_SYNC_TIMEOUT_S` for its end.
     A run that is still going (or waits for an approval) answers 202; poll or stream it."""
-    started = await runs.create_run(services.executor, principal, body, pattern="sync", inline=True)
+    started = await sessions.start_run(
+        services.executor, principal, body, pattern="sync", inline=True
+    )
     return await answer_when_done(services, principal, started, request, response)
 
 

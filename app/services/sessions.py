@@ -76,6 +76,24 @@ async def create_session(
     return session
 
 
+async def start_run(
+    executor: RunExecutor, principal: Principal, body: RunCreate, *, pattern: str, inline: bool
+) -> runs.StartedRun:
+    """Start the run `body` asks for: a new conversation, or, when it names a `session_id`,
+    the next message of that session (whose agent must be `body.agent`)."""
+    if body.session_id is None:
+        return await runs.create_run(executor, principal, body, pattern=pattern, inline=inline)
+    session = await _session_to_message(executor, principal, body.session_id)
+    if session.agent != body.agent:
+        raise InvalidRequest(
+            f"session {session.id} talks to agent '{session.agent}', not '{body.agent}'"
+        )
+    turn = _NextMessage(session_id=session.id, owner=principal.owner)
+    return await runs.create_run(
+        executor, principal, body, pattern=pattern, inline=inline, session=turn
+    )
+
+
 async def start_message(
     executor: RunExecutor,
     principal: Principal,
@@ -86,17 +104,22 @@ async def start_message(
 ) -> runs.StartedRun:
     """Start the session's next message: a run of its agent, driven by this process, from
     the session's history. `pattern` is how it is delivered ("sync", "stream")."""
+    session = await _session_to_message(executor, principal, session_id)
+    request = RunCreate.model_validate(
+        {**body.model_dump(exclude={"stream"}), "agent": session.agent, "session_id": session.id}
+    )
+    return await start_run(executor, principal, request, pattern=pattern, inline=True)
+
+
+async def _session_to_message(
+    executor: RunExecutor, principal: Principal, session_id: uuid.UUID
+) -> SessionRecord:
+    """The caller's own session (404 for anyone else's; admins may read it, not write)."""
     async with executor.rt.db.transaction() as conn:
         session = await _owned_session(conn, principal.owner, session_id)
     if session.user_id != principal.user_id:
         raise Forbidden("only the session's owner can send it messages")
-    request = RunCreate.model_validate(
-        {**body.model_dump(exclude={"stream"}), "agent": session.agent}
-    )
-    turn = _NextMessage(session_id=session_id, owner=principal.owner)
-    return await runs.create_run(
-        executor, principal, request, pattern=pattern, inline=True, session=turn
-    )
+    return session
 
 
 async def get_session_log(

@@ -18,6 +18,8 @@ from tests.conftest import ALICE, BOB, ROOT, SettingsFactory
 from tests.fakes.loopback import serve_app
 from tests.fakes.script_server import script_app
 from tests.support.app import running_app
+from tests.support.polling import until
+from tests.support.sse import collect
 
 PROBLEM = "application/problem+json"
 MISSING = "00000000-0000-0000-0000-000000000000"
@@ -144,6 +146,72 @@ async def test_second_message_sees_the_first_exchange_and_the_log_tags_runs(
     assert messages[2]["name"] == "calculator"
     assert messages[3]["content"] == "The result is 391."
     assert messages[7]["content"] == "The result is 4."
+
+
+def in_session(session: str, text: str, agent: str = "assistant") -> dict[str, object]:
+    return {"agent": agent, "input": text, "session_id": session}
+
+
+async def test_every_pattern_continues_the_session_its_body_names(client: AsyncClient) -> None:
+    session = await new_session(client)
+    sync = await client.post("/agent", json=in_session(session, "What is 17*23?"), headers=ALICE)
+    assert sync.status_code == 200, sync.text
+    assert sync.json()["session_id"] == session
+
+    submitted = await client.post(
+        "/agent/submit", json=in_session(session, "What is 2+2?"), headers=ALICE
+    )
+    assert submitted.status_code == 202, submitted.text
+    job = submitted.json()["job_id"]
+
+    async def job_done() -> bool:
+        status = await client.get(f"/agent/status/{job}", headers=ALICE)
+        return bool(status.json()["status"] == "completed")
+
+    await until(job_done, "the submitted message")
+
+    body = in_session(session, "What is 3*3?")
+    async with client.stream("POST", "/agent/stream", json=body, headers=ALICE) as streamed:
+        assert streamed.status_code == 200
+        events = await collect(streamed)
+    assert events[-1].event == "run.completed"
+    streamed_job = events[-1].json()["job_id"]
+
+    log = (await client.get(f"/agent/sessions/{session}", headers=ALICE)).json()
+    assert [r["run_id"] for r in log["runs"]] == [sync.json()["job_id"], job, streamed_job]
+    users = [m["content"] for m in log["messages"] if m["role"] == "user"]
+    assert users == ["What is 17*23?", "What is 2+2?", "What is 3*3?"]
+    # The third message's model call carried the first two exchanges.
+    sent = await first_request_messages(client, streamed_job)
+    assert [m["content"] for m in sent if m["role"] == "user"] == users
+
+
+async def test_a_body_naming_a_session_is_checked_like_a_message(
+    make_settings: SettingsFactory,
+) -> None:
+    # No worker: a submitted message stays pending, so the session is busy.
+    async with running_app(make_settings(embedded_workers=0)) as client:
+        session = await new_session(client)
+        first = await client.post(
+            "/agent/submit", json=in_session(session, "What is 2+2?"), headers=ALICE
+        )
+        assert first.status_code == 202
+        cases = [
+            (ALICE, in_session(session, "again"), 409, "conflict"),
+            (ALICE, in_session(session, "hi", agent="other"), 422, "validation_error"),
+            (BOB, in_session(session, "hi"), 404, "not_found"),
+            (ALICE, in_session(MISSING, "hi"), 404, "not_found"),
+            (ROOT, in_session(session, "hi"), 403, "forbidden"),
+            (ALICE, in_session("not-a-uuid", "hi"), 422, "validation_error"),
+        ]
+        for route in ("/agent", "/agent/submit", "/agent/stream"):
+            for headers, request, status, kind in cases:
+                response = await client.post(route, json=request, headers=headers)
+                assert response.status_code == status, (route, request, response.text)
+                assert response.headers["content-type"] == PROBLEM
+                assert response.json()["type"] == kind
+        log = (await client.get(f"/agent/sessions/{session}", headers=ALICE)).json()
+        assert [r["run_id"] for r in log["runs"]] == [first.json()["job_id"]]
 
 
 async def test_failed_message_leaves_only_its_question_in_the_history(
