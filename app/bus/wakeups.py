@@ -109,9 +109,13 @@ class Wakeups:
         )
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(READY_CHANNEL, self._on_ready)
-        await conn.add_listener(CLAIMED_CHANNEL, self._on_claimed)
-        await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
+        try:
+            await conn.add_listener(READY_CHANNEL, self._on_ready)
+            await conn.add_listener(CLAIMED_CHANNEL, self._on_claimed)
+            await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
+        except BaseException:
+            conn.terminate()
+            raise
         self._conn = conn
         return lost
 
