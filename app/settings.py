@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     """Idle workers look for work this often even without a wake-up."""
     approval_ttl_s: float = Field(default=3600.0, gt=0)
+    retention_days: float | None = Field(default=None, ge=1)
+    """Runs finished (and sessions idle) longer ago than this are deleted; None: kept."""
     policy_refresh_s: float = Field(default=2.0, gt=0, le=300)
     """Each process reads the agents' traffic policies again this often: a change made on
     one replica applies on every other within this time."""

@@ -6,21 +6,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from app.jobs.executor import RunExecutor
 from app.jobs.waiting import wait_any
 from app.jobs.webhooks import WebhookDispatcher, render_webhook
+from app.observability.metrics import RETENTION_DELETED
 from app.observability.recording import observe_claims, observe_queue
 from app.services import approvals as approval_service
 from app.services.canary import check_canaries
 from app.services.shadows import queue_due_shadows
-from app.store import queue
+from app.store import queue, retention
 
 log = logging.getLogger(__name__)
 
 CLAIM_STAGGER_S = 0.004
 """The most a worker waits after a ready signal when other workers claim too."""
+RETENTION_BATCH = 500
+"""The most runs, and sessions, one maintenance pass deletes (short transactions)."""
 
 
 class Worker:
@@ -100,8 +103,8 @@ class Worker:
 
     async def maintain_once(self) -> None:
         """Re-queue runs whose worker died, end those that died too often, expire approvals,
-        queue the shadow runs of live runs that ended, roll back regressed canaries; count
-        the queue for the metrics."""
+        queue the shadow runs of live runs that ended, roll back regressed canaries, delete
+        what is past the retention period; count the queue for the metrics."""
         settings = self._rt.settings
         async with self._rt.db.transaction() as conn:
             requeued = await queue.reap_expired(
@@ -118,9 +121,21 @@ class Worker:
         await approval_service.expire_due(self._rt)
         await queue_due_shadows(self._rt)
         await check_canaries(self._rt.db, self._executor.policies)
+        if settings.retention_days is not None:
+            await self._sweep(settings.retention_days)
         async with self._rt.db.read() as conn:
             depth, oldest = await queue.pending_summary(conn)
         observe_queue(depth, oldest, now=datetime.now(UTC))
+
+    async def _sweep(self, retention_days: float) -> None:
+        """Delete one batch of what is older than the retention period."""
+        cutoff = datetime.now(UTC) - timedelta(days=retention_days)
+        async with self._rt.db.transaction() as conn:
+            swept = await retention.delete_expired(conn, cutoff=cutoff, limit=RETENTION_BATCH)
+        if swept.runs or swept.sessions:
+            log.info("retention: deleted %d runs and %d sessions", swept.runs, swept.sessions)
+            RETENTION_DELETED.labels("run").inc(swept.runs)
+            RETENTION_DELETED.labels("session").inc(swept.sessions)
 
     async def _maintenance_loop(self) -> None:
         interval = min(self._rt.settings.lease_seconds / 3, 5.0)

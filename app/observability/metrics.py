@@ -58,6 +58,12 @@ CANARY_ROLLBACKS = Counter(
     "Canary versions switched off automatically for regressing against stable",
     ["agent"],
 )
+RETENTION_DELETED = Counter(
+    "agentsvc_retention_deleted",
+    "Runs outside sessions (kind=run) and idle sessions (kind=session) deleted for being"
+    " older than AGENTSVC_RETENTION_DAYS",
+    ["kind"],
+)
 RUNS_IN_FLIGHT = Gauge(
     "agentsvc_runs_in_flight",
     "Runs being driven now (summed over the host's live processes)",

@@ -164,6 +164,12 @@ class Run(Base):
             postgresql_where=text("shadow_version IS NOT NULL"),
             sqlite_where=text("shadow_version IS NOT NULL"),
         ),
+        Index(
+            "ix_runs_retention",
+            "finished_at",
+            postgresql_where=text("session_id IS NULL"),
+            sqlite_where=text("session_id IS NULL"),
+        ),
         # Narrow partial indexes keep claims and lease sweeps cheap as the table grows.
         Index(
             "ix_runs_claim",
