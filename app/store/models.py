@@ -167,8 +167,8 @@ class Run(Base):
         Index(
             "ix_runs_retention",
             "finished_at",
-            postgresql_where=text("session_id IS NULL"),
-            sqlite_where=text("session_id IS NULL"),
+            postgresql_where=text("session_id IS NULL AND finished_at IS NOT NULL"),
+            sqlite_where=text("session_id IS NULL AND finished_at IS NOT NULL"),
         ),
         # Narrow partial indexes keep claims and lease sweeps cheap as the table grows.
         Index(

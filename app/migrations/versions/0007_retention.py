@@ -1,4 +1,4 @@
-"""retention: an index for finding the runs outside sessions that finished before a cutoff
+"""retention: an index of the finished runs outside sessions, by when they finished
 
 Revision ID: 0007
 Revises: 0006
@@ -21,8 +21,8 @@ def upgrade() -> None:
         "ix_runs_retention",
         "runs",
         ["finished_at"],
-        postgresql_where=sa.text("session_id IS NULL"),
-        sqlite_where=sa.text("session_id IS NULL"),
+        postgresql_where=sa.text("session_id IS NULL AND finished_at IS NOT NULL"),
+        sqlite_where=sa.text("session_id IS NULL AND finished_at IS NOT NULL"),
     )
 
 
