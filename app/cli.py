@@ -1,5 +1,5 @@
-"""`agentsvc serve | worker | migrate | keys create | budgets set|clear | policy show|set |
-experiments report`."""
+"""`agentsvc serve | worker | migrate | keys create|list|revoke | budgets set|clear |
+policy show|set | experiments report`."""
 
 from __future__ import annotations
 
@@ -150,6 +150,43 @@ def create_key(
         return await auth.create_key(user_id=user, role=checked_role)
 
     typer.echo(with_db(create))
+
+
+@keys.command("list")
+def list_keys(
+    user: Annotated[str | None, typer.Option(help="Only this user's keys")] = None,
+) -> None:
+    """List stored keys (id, user, role, created, revoked); never the keys themselves."""
+    from app.store import keys as key_store
+
+    async def read(_settings: Settings, db: Database) -> list[key_store.KeyRecord]:
+        async with db.read() as conn:
+            return await key_store.list_keys(conn, user_id=user)
+
+    for key in with_db(read):
+        revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+        typer.echo(f"{key.id}  {key.user_id}  {key.role}  {key.created_at.isoformat()}  {revoked}")
+
+
+@keys.command("revoke")
+def revoke_key(
+    key: Annotated[str, typer.Argument(help="The key itself, or its id from `keys list`")],
+) -> None:
+    """Revoke a stored key: every replica refuses it within 30 s (401)."""
+    from app.services.auth import Authenticator
+
+    async def revoke(settings: Settings, db: Database) -> str | None:
+        auth = Authenticator(secret=settings.secret_key.get_secret_value(), db=db)
+        record = await auth.revoke_key(key)
+        return None if record is None else f"{record.id}  {record.user_id}  revoked"
+
+    done = with_db(revoke)
+    if done is None:
+        typer.echo(
+            "no stored key matches (keys from AGENTSVC_API_KEYS are revoked there)", err=True
+        )
+        raise typer.Exit(1)
+    typer.echo(done)
 
 
 @budgets.command("set")

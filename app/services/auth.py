@@ -6,8 +6,10 @@ import hashlib
 import hmac
 import secrets
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from app.settings import Role
 from app.store import keys as key_store
@@ -94,6 +96,19 @@ class Authenticator:
                 conn, user_id=user_id, key_hash=self.hash_key(key), role=role
             )
         return key
+
+    async def revoke_key(self, key_or_id: str) -> key_store.KeyRecord | None:
+        """Revoke a stored key, named by the key itself or by its id (`keys list`); None
+        when no stored key matches. Replicas stop taking it within `cache_ttl_s`."""
+        now = datetime.now(UTC)
+        async with self._db.transaction() as conn:
+            if key_or_id.startswith(KEY_PREFIX):
+                return await key_store.revoke_key(conn, now=now, key_hash=self.hash_key(key_or_id))
+            try:
+                key_id = uuid.UUID(key_or_id)
+            except ValueError:
+                return None
+            return await key_store.revoke_key(conn, now=now, key_id=key_id)
 
 
 def _key_id(digest: str) -> str:

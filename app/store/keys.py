@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,3 +38,46 @@ async def find_key(conn: AsyncConnection, key_hash: str) -> tuple[str, str] | No
         )
     ).first()
     return None if row is None else (row.user_id, row.role)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A stored key as operators see it: never the key, nor its hash."""
+
+    id: uuid.UUID
+    user_id: str
+    role: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def list_keys(conn: AsyncConnection, *, user_id: str | None = None) -> list[KeyRecord]:
+    """Stored keys, oldest first; only `user_id`'s when given."""
+    stmt = select(
+        keys_t.c.id, keys_t.c.user_id, keys_t.c.role, keys_t.c.created_at, keys_t.c.revoked_at
+    ).order_by(keys_t.c.created_at, keys_t.c.id)
+    if user_id is not None:
+        stmt = stmt.where(keys_t.c.user_id == user_id)
+    return [KeyRecord(*row) for row in await conn.execute(stmt)]
+
+
+async def revoke_key(
+    conn: AsyncConnection, *, now: datetime, key_id: uuid.UUID | None = None, key_hash: str = ""
+) -> KeyRecord | None:
+    """Revoke the key with this id or hash (a revoked one stays as it was); None if unknown."""
+    match = keys_t.c.id == key_id if key_id is not None else keys_t.c.key_hash == key_hash
+    await conn.execute(
+        update(keys_t).where(match, keys_t.c.revoked_at.is_(None)).values(revoked_at=now)
+    )
+    row = (
+        await conn.execute(
+            select(
+                keys_t.c.id,
+                keys_t.c.user_id,
+                keys_t.c.role,
+                keys_t.c.created_at,
+                keys_t.c.revoked_at,
+            ).where(match)
+        )
+    ).first()
+    return None if row is None else KeyRecord(*row)

@@ -113,6 +113,29 @@ def test_keys_create_prints_a_working_key_once(tmp_path: Path) -> None:
     assert "role" in bad.stderr
 
 
+def test_keys_list_and_revoke(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    keys = [agentsvc("keys", "create", "--user", u, env=env).stdout.strip() for u in "cd"]
+    listed = agentsvc("keys", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert [(r[1], r[2], r[4]) for r in rows] == [("c", "user", "-"), ("d", "user", "-")]
+    assert not any(k in listed.stdout for k in keys)
+
+    by_key = agentsvc("keys", "revoke", keys[0], env=env)
+    assert by_key.returncode == 0, by_key.stderr
+    assert by_key.stdout.split() == [rows[0][0], "c", "revoked"]
+    by_id = agentsvc("keys", "revoke", rows[1][0], env=env)
+    assert by_id.returncode == 0, by_id.stderr
+    only_d = agentsvc("keys", "list", "--user", "d", env=env).stdout.split()
+    assert only_d[:3] == [rows[1][0], "d", "user"]
+    assert only_d[4] != "-"
+
+    unknown = agentsvc("keys", "revoke", "ak_nothing", env=env)
+    assert unknown.returncode == 1
+    assert "no stored key matches" in unknown.stderr
+
+
 def test_migrate_is_idempotent(tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     for _ in range(2):

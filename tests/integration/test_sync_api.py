@@ -285,6 +285,45 @@ async def test_stored_api_keys_work_and_only_a_hash_is_kept(make_settings: Setti
         assert (await client.get(f"/agent/status/{job}", headers=ALICE)).status_code == 404
 
 
+async def test_a_revoked_key_is_refused_once_its_cache_entry_ends(
+    make_settings: SettingsFactory,
+) -> None:
+    from app.services.auth import Authenticator
+    from app.store.db import Database, create_engine
+
+    settings = make_settings()
+    db = Database(create_engine(settings.database_url, pool_size=1))
+    try:
+        auth = Authenticator(secret=settings.secret_key.get_secret_value(), db=db, cache_ttl_s=0.2)
+        by_key = await auth.create_key(user_id="carol", role="user")
+        by_id = await auth.create_key(user_id="carol", role="user")
+        for key in (by_key, by_id):
+            assert await auth.authenticate(key) is not None
+        async with db.read() as conn:
+            from app.store.keys import list_keys
+
+            ids = [k.id for k in await list_keys(conn, user_id="carol")]
+        revoked = await auth.revoke_key(by_key)
+        assert revoked is not None
+        assert revoked.revoked_at is not None
+        (other,) = (i for i in ids if i != revoked.id)
+        assert (await auth.revoke_key(str(other))) is not None
+        await asyncio.sleep(0.3)  # past the cache entries of the two keys
+        for key in (by_key, by_id):
+            assert await auth.authenticate(key) is None
+        again = await auth.revoke_key(by_key)  # revoking twice keeps the first time
+        assert again is not None
+        assert again.revoked_at == revoked.revoked_at
+        assert await auth.revoke_key("ak_unknown") is None
+        assert await auth.revoke_key("not-an-id") is None
+    finally:
+        await db.dispose()
+    async with running_app(settings) as client:
+        response = await client.get("/agent/usage", headers={"Authorization": f"Bearer {by_key}"})
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+
+
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
