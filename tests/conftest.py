@@ -30,7 +30,7 @@ ROOT = {"Authorization": "Bearer root-key"}
 SettingsFactory = Callable[..., Settings]
 TABLES = (
     "run_events, llm_calls, tool_calls, runs, sessions, api_keys, users, budget_overrides,"
-    " traffic_policies, run_feedback, tool_sets"
+    " traffic_policies, run_feedback, tool_sets, idempotency_keys"
 )
 
 

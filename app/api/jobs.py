@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response, status
 
 from app.api.schemas import JobAccepted, RunCreate, RunRead
 from app.api.stream import stream_url
@@ -26,12 +28,34 @@ router = APIRouter(tags=["jobs"])
     responses=problem_responses(*RUN_START_ERRORS),
 )
 async def submit(
-    body: RunCreate, principal: PrincipalDep, services: ServicesDep, request: Request
+    body: RunCreate,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Sent again with the same request, answers the run it stored the"
+            " first time (`Idempotent-Replayed: true`) instead of queueing another; with"
+            " another request, 422.",
+        ),
+    ] = None,
 ) -> JobAccepted:
     """Queue a run for a worker; poll `status_url`, or give `webhook_url` to be called."""
     started = await sessions.start_run(
-        services.executor, principal, body, pattern="job", inline=False
+        services.executor,
+        principal,
+        body,
+        pattern="job",
+        inline=False,
+        idempotency_key=idempotency_key,
     )
+    if started.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     job_id = str(started.run_id)
     return JobAccepted(
         job_id=job_id,

@@ -24,7 +24,8 @@ from app.runner.events import RunEvent
 from app.runner.loop import start_run
 from app.runner.state import Checkpoint
 from app.services.auth import Principal
-from app.store import approvals, queue, webhooks
+from app.services.idempotency import KeyTaken, replayed_run, request_digest
+from app.store import approvals, idempotency, queue, webhooks
 from app.store import runs as run_store
 from app.store.db import is_unavailable
 from app.store.runs import TERMINAL_STATUSES, NewRun, RunRecord
@@ -39,6 +40,8 @@ class StartedRun:
     run_id: uuid.UUID
     task: asyncio.Task[RunRecord | None] | None
     """Set when this process drives the run (sync); None when it waits in the queue."""
+    replayed: bool = False
+    """An earlier submission with the same Idempotency-Key stored this run."""
 
 
 def parse_id(value: str, what: str = "run") -> uuid.UUID:
@@ -78,11 +81,20 @@ async def create_run(
     pattern: str,
     inline: bool,
     session: SessionTurn | None = None,
+    idempotency_key: str | None = None,
 ) -> StartedRun:
     """Store a new run. Inline: this process takes its lease and drives it now; otherwise
     it waits in the queue for a worker. With `session`, the run continues the session's
-    conversation, admitted and stored in one transaction (two messages never both start)."""
+    conversation, admitted and stored in one transaction (two messages never both start).
+    With `idempotency_key` (queued runs), a request the user already sent with that key
+    gets the run it stored, and another request with it a 422."""
     rt = executor.rt
+    digest = "" if idempotency_key is None else request_digest(body)
+    if idempotency_key is not None:
+        async with rt.db.read() as conn:
+            earlier = await idempotency.find(conn, user_id=principal.user_id, key=idempotency_key)
+        if earlier is not None:
+            return StartedRun(replayed_run(earlier, digest, idempotency_key), None, replayed=True)
     try:
         agent, _ = rt.registry.resolve(body.agent)
     except UnknownAgent as exc:
@@ -144,17 +156,32 @@ async def create_run(
             history=history,
         )
 
-    if session is None:
+    if session is None and idempotency_key is None:
         checkpoint, started = first_checkpoint()
         await queue.add_run(rt.db, run, checkpoint=checkpoint, events=[started])
     else:
-        async with rt.db.transaction() as conn:
-            history = await session.admit(conn)
-            run = replace(run, session_id=session.session_id, history_len=len(history))
-            checkpoint, started = first_checkpoint(history)
-            await run_store.insert_run(conn, run, checkpoint=checkpoint, events=[started])
-            if not inline:
-                await queue.notify(conn, queue.READY_CHANNEL)
+        keyed = idempotency.KeyedRun(run_id, digest)
+        try:
+            async with rt.db.transaction() as conn:
+                history = await session.admit(conn) if session is not None else []
+                if session is not None:
+                    run = replace(run, session_id=session.session_id, history_len=len(history))
+                checkpoint, started = first_checkpoint(history)
+                await run_store.insert_run(conn, run, checkpoint=checkpoint, events=[started])
+                if idempotency_key is not None and not await idempotency.claim(
+                    conn, user_id=principal.user_id, key=idempotency_key, run=keyed, now=now
+                ):
+                    raise KeyTaken  # rolls the run back
+                if not inline:
+                    await queue.notify(conn, queue.READY_CHANNEL)
+        except KeyTaken:
+            assert idempotency_key is not None
+            async with rt.db.read() as conn:
+                earlier = await idempotency.find(
+                    conn, user_id=principal.user_id, key=idempotency_key
+                )
+            assert earlier is not None
+            return StartedRun(replayed_run(earlier, digest, idempotency_key), None, replayed=True)
     if not inline:
         rt.wakeups.ready()
         return StartedRun(run_id, None)

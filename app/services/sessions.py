@@ -77,12 +77,25 @@ async def create_session(
 
 
 async def start_run(
-    executor: RunExecutor, principal: Principal, body: RunCreate, *, pattern: str, inline: bool
+    executor: RunExecutor,
+    principal: Principal,
+    body: RunCreate,
+    *,
+    pattern: str,
+    inline: bool,
+    idempotency_key: str | None = None,
 ) -> runs.StartedRun:
     """Start the run `body` asks for: a new conversation, or, when it names a `session_id`,
     the next message of that session (whose agent must be `body.agent`)."""
     if body.session_id is None:
-        return await runs.create_run(executor, principal, body, pattern=pattern, inline=inline)
+        return await runs.create_run(
+            executor,
+            principal,
+            body,
+            pattern=pattern,
+            inline=inline,
+            idempotency_key=idempotency_key,
+        )
     session = await _session_to_message(executor, principal, body.session_id)
     if session.agent != body.agent:
         raise InvalidRequest(
@@ -90,7 +103,13 @@ async def start_run(
         )
     turn = _NextMessage(session_id=session.id, owner=principal.owner)
     return await runs.create_run(
-        executor, principal, body, pattern=pattern, inline=inline, session=turn
+        executor,
+        principal,
+        body,
+        pattern=pattern,
+        inline=inline,
+        session=turn,
+        idempotency_key=idempotency_key,
     )
 
 

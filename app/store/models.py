@@ -369,3 +369,17 @@ class RunFeedback(Base):
     tags: Mapped[list[str]] = mapped_column(JsonType, default=list)
     current: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class IdempotencyKey(Base):
+    """A submission's `Idempotency-Key`: the same key from the same user names one run, for
+    as long as the run exists."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    request_digest: Mapped[str] = mapped_column(String(64))
+    """sha256 of the request body as parsed: a key reused for another request is refused."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -3,10 +3,10 @@
 A run outside any session goes once it finished before the cutoff. A session is a
 conversation whose history is its runs, so it is kept whole while in use and goes whole,
 runs included, once nothing happened in it since the cutoff (created before it, no run
-started after it, none still going). Events, trace rows, approvals, webhook deliveries and
-ratings go with their run (ON DELETE CASCADE). Each call deletes at most `limit` of each, the
-rows chosen with SKIP LOCKED on PostgreSQL, so that workers sweeping at once neither wait for
-nor repeat each other.
+started after it, none still going). Events, trace rows, approvals, webhook deliveries,
+ratings and idempotency keys go with their run (ON DELETE CASCADE). Each call deletes at
+most `limit` of each, the rows chosen with SKIP LOCKED on PostgreSQL, so that workers
+sweeping at once neither wait for nor repeat each other.
 """
 
 from __future__ import annotations
