@@ -87,21 +87,14 @@ async def start_run(
 ) -> runs.StartedRun:
     """Start the run `body` asks for: a new conversation, or, when it names a `session_id`,
     the next message of that session (whose agent must be `body.agent`)."""
-    if body.session_id is None:
-        return await runs.create_run(
-            executor,
-            principal,
-            body,
-            pattern=pattern,
-            inline=inline,
-            idempotency_key=idempotency_key,
-        )
-    session = await _session_to_message(executor, principal, body.session_id)
-    if session.agent != body.agent:
-        raise InvalidRequest(
-            f"session {session.id} talks to agent '{session.agent}', not '{body.agent}'"
-        )
-    turn = _NextMessage(session_id=session.id, owner=principal.owner)
+    turn = None
+    if body.session_id is not None:
+        session = await _session_to_message(executor, principal, body.session_id)
+        if session.agent != body.agent:
+            raise InvalidRequest(
+                f"session {session.id} talks to agent '{session.agent}', not '{body.agent}'"
+            )
+        turn = _NextMessage(session_id=session.id, owner=principal.owner)
     return await runs.create_run(
         executor,
         principal,
