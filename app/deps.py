@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import Unauthorized
@@ -53,3 +53,16 @@ async def get_optional_principal(
 
 
 OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Sent again with the same request, answers with the run it started the"
+        " first time (`Idempotent-Replayed: true`) instead of starting another; with another"
+        " request, 422.",
+    ),
+]
+"""The optional `Idempotency-Key` header of the routes that start a run."""

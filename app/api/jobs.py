@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from app.api.schemas import JobAccepted, RunCreate, RunRead
 from app.api.stream import stream_url
-from app.deps import PrincipalDep, ServicesDep
+from app.deps import IdempotencyKey, PrincipalDep, ServicesDep
 from app.errors import (
     RUN_START_ERRORS,
     Conflict,
@@ -33,17 +31,7 @@ async def submit(
     services: ServicesDep,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            description="Sent again with the same request, answers the run it stored the"
-            " first time (`Idempotent-Replayed: true`) instead of queueing another; with"
-            " another request, 422.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     """Queue a run for a worker; poll `status_url`, or give `webhook_url` to be called."""
     started = await sessions.start_run(

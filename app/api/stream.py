@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.api.schemas import RunCreate
 from app.api.sse import EventStream
-from app.deps import OptionalPrincipalDep, PrincipalDep, ServicesDep
+from app.deps import IdempotencyKey, OptionalPrincipalDep, PrincipalDep, ServicesDep
 from app.errors import (
     RUN_START_ERRORS,
     InvalidRequest,
@@ -66,15 +66,26 @@ def event_stream(services: Services, run_id: uuid.UUID, after: int = -1) -> Even
     responses={**STREAM_DOC, **problem_responses(*RUN_START_ERRORS)},
 )
 async def stream_run(
-    body: RunCreate, principal: PrincipalDep, services: ServicesDep
+    body: RunCreate,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> EventStream:
     """Run an agent and stream its events as they happen, the model's text included
     (`llm.delta`). Disconnecting does not stop the run: attach again with
     `GET /agent/stream/{job_id}` and `Last-Event-ID`."""
     started = await sessions.start_run(
-        services.executor, principal, body, pattern="stream", inline=True
+        services.executor,
+        principal,
+        body,
+        pattern="stream",
+        inline=True,
+        idempotency_key=idempotency_key,
     )
-    return event_stream(services, started.run_id)
+    stream = event_stream(services, started.run_id)
+    if started.replayed:  # the run's events from its first, then live
+        stream.raw_headers.append((b"idempotent-replayed", b"true"))
+    return stream
 
 
 @router.get(

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response, status
 
 from app.api.schemas import RunCreate, RunRead
 from app.api.stream import stream_url
-from app.deps import PrincipalDep, ServicesDep
+from app.deps import IdempotencyKey, PrincipalDep, ServicesDep
 from app.errors import (
     RUN_START_ERRORS,
     problem_responses,
@@ -33,11 +33,17 @@ async def run_agent(
     services: ServicesDep,
     request: Request,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> RunRead:
     """Run an agent in this process and wait up to `AGENTSVC_SYNC_TIMEOUT_S` for its end.
     A run that is still going (or waits for an approval) answers 202; poll or stream it."""
     started = await sessions.start_run(
-        services.executor, principal, body, pattern="sync", inline=True
+        services.executor,
+        principal,
+        body,
+        pattern="sync",
+        inline=True,
+        idempotency_key=idempotency_key,
     )
     return await answer_when_done(services, principal, started, request, response)
 
@@ -52,6 +58,8 @@ async def answer_when_done(
     """The sync answer: the run when it ends within `AGENTSVC_SYNC_TIMEOUT_S`, else 202
     with the run so far and where to stream the rest."""
     timeout_s = services.settings.sync_timeout_s
+    if started.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     view = await runs.wait_for_run(services.executor, principal, started, timeout_s)
     if view.run.status in TERMINAL_STATUSES:
         return RunRead.from_view(view)

@@ -86,8 +86,8 @@ async def create_run(
     """Store a new run. Inline: this process takes its lease and drives it now; otherwise
     it waits in the queue for a worker. With `session`, the run continues the session's
     conversation, admitted and stored in one transaction (two messages never both start).
-    With `idempotency_key` (queued runs), a request the user already sent with that key
-    gets the run it stored, and another request with it a 422."""
+    With `idempotency_key`, a request the user already sent with that key gets the run it
+    started (`replayed`), and another request with it a 422."""
     rt = executor.rt
     digest = "" if idempotency_key is None else request_digest(body)
     if idempotency_key is not None:
@@ -227,6 +227,8 @@ async def wait_for_run(
     ended here without a webhook is answered from its final commit, without a read."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    if started.replayed:  # started by an earlier request, wherever it runs now
+        return await _settled(executor, principal, started.run_id, deadline)
     if started.task is not None:
         await asyncio.wait({started.task}, timeout=timeout_s)
         if started.task.done() and not started.task.cancelled():

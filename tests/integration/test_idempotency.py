@@ -13,6 +13,7 @@ from app.store.db import Database, create_engine
 from app.store.runs import runs
 from tests.conftest import ALICE, BOB, SettingsFactory
 from tests.support.app import running_app
+from tests.support.sse import collect
 
 BODY: dict[str, object] = {
     "agent": "assistant",
@@ -86,3 +87,33 @@ async def test_concurrent_submissions_with_one_key_store_one_run(
     assert len({a.json()["job_id"] for a in answers}) == 1
     assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 9
     assert await runs_of(settings, "alice") == 1
+
+
+async def test_sync_and_stream_requests_sent_again_get_their_run(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings()
+    async with running_app(settings) as client:
+        keyed = {**ALICE, "Idempotency-Key": "sync-1"}
+        first = await client.post("/agent", json=BODY, headers=keyed)
+        assert first.status_code == 200, first.text
+        again = await client.post("/agent", json=BODY, headers=keyed)
+        assert again.status_code == 200, again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["job_id"] == first.json()["job_id"]
+        assert again.json()["result"] == first.json()["result"] == {"output": "The result is 391."}
+
+        keyed = {**ALICE, "Idempotency-Key": "stream-1"}
+        seen = []
+        for _ in range(2):
+            async with client.stream("POST", "/agent/stream", json=BODY, headers=keyed) as r:
+                assert r.status_code == 200
+                seen.append((r.headers.get("idempotent-replayed"), await collect(r)))
+        (fresh, events), (replay, replayed) = seen
+        assert (fresh, replay) == (None, "true")
+        # The replay is the same run, its events from the first.
+        assert [(e.id, e.event, e.data) for e in replayed] == [
+            (e.id, e.event, e.data) for e in events
+        ]
+        assert events[-1].event == "run.completed"
+    assert await runs_of(settings, "alice") == 2
