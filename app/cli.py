@@ -33,11 +33,10 @@ cli.add_typer(policy, name="policy")
 
 
 def _settings() -> Settings:
+    from app.observability.logs import configure_logging
+
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 
@@ -57,6 +56,7 @@ def serve(
     """Start the API (migrating a SQLite database first)."""
     import uvicorn
 
+    from app.observability.logs import log_config
     from app.observability.multiprocess import host_metrics
 
     settings = _settings()
@@ -73,6 +73,7 @@ def serve(
             "host": host or settings.host,
             "port": port or settings.port,
             "log_level": settings.log_level,
+            "log_config": log_config(settings.log_level, settings.log_format),
             "proxy_headers": True,
         }
         if count > 1:

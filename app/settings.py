@@ -131,7 +131,9 @@ class Settings(BaseSettings):
     """API processes `serve` starts (each with its own embedded workers)."""
     host: str = "127.0.0.1"
     port: int = 8000
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per line (ts, level, logger, message, exc), uvicorn's too."""
 
     metrics_dir: Path | None = None
     """Directory where this host's `agentsvc serve` and `agentsvc worker` processes share
@@ -157,6 +159,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
             entries.append((parts[0], parts[1], role))
         return tuple(entries)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("http_tool_allowed_hosts", "webhook_allowed_hosts", mode="before")
     @classmethod

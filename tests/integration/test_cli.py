@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -48,14 +49,18 @@ def agentsvc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.mark.parametrize("processes", ["1", "2"])
-def test_serve_on_bare_sqlite_answers_the_readme_curl(tmp_path: Path, processes: str) -> None:
+@pytest.mark.parametrize(("processes", "log_format"), [("1", "text"), ("2", "json")])
+def test_serve_on_bare_sqlite_answers_the_readme_curl(
+    tmp_path: Path, processes: str, log_format: str
+) -> None:
     port = free_port()
     env = cli_env(
         tmp_path,
         AGENTSVC_API_KEYS="demo:demo-key",
         AGENTSVC_PORT=str(port),
         AGENTSVC_WEB_PROCESSES=processes,
+        AGENTSVC_LOG_FORMAT=log_format,
+        AGENTSVC_LOG_LEVEL="info",
     )
     with (tmp_path / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
@@ -91,6 +96,13 @@ def test_serve_on_bare_sqlite_answers_the_readme_curl(tmp_path: Path, processes:
         proc.terminate()
         # uvicorn shuts down gracefully, then re-raises the signal it caught.
         assert proc.wait(30) in (0, -signal.SIGTERM)
+    lines = (tmp_path / "serve.log").read_text().splitlines()
+    access = [line for line in lines if "POST /agent HTTP/1.1" in line]
+    assert len(access) == 1, lines
+    if log_format == "json":  # every line, ours and uvicorn's, one JSON object
+        entries = [json.loads(line) for line in lines if line.strip()]
+        assert {"ts", "level", "logger", "message"} <= set(entries[0])
+        assert json.loads(access[0])["logger"] == "uvicorn.access"
 
 
 def test_keys_create_prints_a_working_key_once(tmp_path: Path) -> None:

@@ -1,0 +1,42 @@
+"""Log lines as JSON: one object per record, the exception in it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from app.observability.logs import JsonFormatter, log_config
+
+
+def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            exc_info = sys.exc_info()
+    return logging.LogRecord("app.x", logging.WARNING, __file__, 1, message, args, exc_info)
+
+
+def test_a_record_is_one_json_object_with_its_exception() -> None:
+    line = JsonFormatter().format(record("run %s: %s", "r1", 'said "hi"\nthen left', exc=True))
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["level"] == "warning"
+    assert entry["logger"] == "app.x"
+    assert entry["message"] == 'run r1: said "hi"\nthen left'
+    assert entry["ts"].endswith("+00:00")
+    assert entry["exc"].startswith("Traceback")
+    assert "ValueError: boom" in entry["exc"]
+    assert "exc" not in json.loads(JsonFormatter().format(record("plain")))
+
+
+def test_uvicorn_logs_through_the_same_handler() -> None:
+    config = log_config("warning", "json")
+    loggers = config["loggers"]
+    assert isinstance(loggers, dict)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        assert loggers[name] == {"level": "WARNING", "handlers": [], "propagate": True}
+    assert config["formatters"] == {"agentsvc": {"()": JsonFormatter}}
+    assert log_config("info", "text")["formatters"] != config["formatters"]
