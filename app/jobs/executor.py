@@ -18,6 +18,7 @@ from app.jobs.webhooks import render_webhook
 from app.llm.budgeted import BudgetedModel
 from app.llm.cache import CachedModel, cache_scope
 from app.llm.types import ModelClient
+from app.observability.logs import RUN_ID
 from app.observability.metrics import RUNS_IN_FLIGHT
 from app.runner.errors import LeaseLost, StoreUnavailable
 from app.runner.events import EventType, RunEvent
@@ -229,6 +230,7 @@ class RunExecutor:
     async def _drive(
         self, runner: GuardedRunner, store: SqlRunStore, checkpoint: Checkpoint, run_id: str
     ) -> RunRecord | None:
+        RUN_ID.set(run_id)  # this task's own context: its log lines name the run
         try:
             await runner.run(checkpoint)
         except LeaseLost:

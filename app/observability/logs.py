@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import logging
 import logging.config
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
+RUN_ID: ContextVar[str | None] = ContextVar("run_id", default=None)
+"""The run the current task drives (set by the executor for each run's task): JSON lines
+logged meanwhile carry it as `run_id`."""
+
 
 class JsonFormatter(logging.Formatter):
-    """`{"ts", "level", "logger", "message"}`, with `exc` when the record carries one."""
+    """`{"ts", "level", "logger", "message"}`, with `run_id` when logged while driving a run
+    and `exc` when the record carries one."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -22,6 +28,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        run_id = RUN_ID.get()
+        if run_id is not None:
+            entry["run_id"] = run_id
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 
-from app.observability.logs import JsonFormatter, log_config
+from app.observability.logs import RUN_ID, JsonFormatter, log_config
 
 
 def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
@@ -30,6 +31,15 @@ def test_a_record_is_one_json_object_with_its_exception() -> None:
     assert entry["exc"].startswith("Traceback")
     assert "ValueError: boom" in entry["exc"]
     assert "exc" not in json.loads(JsonFormatter().format(record("plain")))
+
+
+async def test_lines_logged_while_driving_a_run_name_it() -> None:
+    async def drive() -> str:
+        RUN_ID.set("run-7")  # as the executor does in each run's task
+        return JsonFormatter().format(record("step"))
+
+    assert json.loads(await asyncio.create_task(drive()))["run_id"] == "run-7"
+    assert "run_id" not in json.loads(JsonFormatter().format(record("elsewhere")))
 
 
 def test_uvicorn_logs_through_the_same_handler() -> None:
