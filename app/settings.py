@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
-    """`json`: one JSON object per line (ts, level, logger, message, exc), uvicorn's too."""
+    """`json`: one JSON object per line (ts, level, logger, message, run_id, exc), uvicorn's too."""
 
     metrics_dir: Path | None = None
     """Directory where this host's `agentsvc serve` and `agentsvc worker` processes share
