@@ -91,10 +91,9 @@ async def create_run(
     rt = executor.rt
     digest = "" if idempotency_key is None else request_digest(body)
     if idempotency_key is not None:
-        async with rt.db.read() as conn:
-            earlier = await idempotency.find(conn, user_id=principal.user_id, key=idempotency_key)
-        if earlier is not None:
-            return StartedRun(replayed_run(earlier, digest, idempotency_key), None, replayed=True)
+        replay = await _earlier_run(executor, principal, idempotency_key, digest)
+        if replay is not None:
+            return replay
     try:
         agent, _ = rt.registry.resolve(body.agent)
     except UnknownAgent as exc:
@@ -176,12 +175,9 @@ async def create_run(
                     await queue.notify(conn, queue.READY_CHANNEL)
         except KeyTaken:
             assert idempotency_key is not None
-            async with rt.db.read() as conn:
-                earlier = await idempotency.find(
-                    conn, user_id=principal.user_id, key=idempotency_key
-                )
-            assert earlier is not None
-            return StartedRun(replayed_run(earlier, digest, idempotency_key), None, replayed=True)
+            replay = await _earlier_run(executor, principal, idempotency_key, digest)
+            assert replay is not None  # the key's row committed before ours could not insert
+            return replay
     if not inline:
         rt.wakeups.ready()
         return StartedRun(run_id, None)
@@ -199,6 +195,18 @@ async def create_run(
         spec, checkpoint, attempt=1, user_id=principal.user_id, webhook_url=body.webhook_url
     )
     return StartedRun(run_id, task)
+
+
+async def _earlier_run(
+    executor: RunExecutor, principal: Principal, key: str, digest: str
+) -> StartedRun | None:
+    """The run an earlier request with the caller's `key` started (422 if it was another
+    request), or None."""
+    async with executor.rt.db.read() as conn:
+        earlier = await idempotency.find(conn, user_id=principal.user_id, key=key)
+    if earlier is None:
+        return None
+    return StartedRun(replayed_run(earlier, digest, key), None, replayed=True)
 
 
 def _check_limit(name: str, asked: float | None, limit: float) -> None:
