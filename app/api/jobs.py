@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
 
+from fastapi import APIRouter, Query, Request, Response, status
+
+from app.api.run_list_schemas import RunPage, RunQuery
 from app.api.schemas import JobAccepted, RunCreate, RunRead
 from app.api.stream import stream_url
 from app.deps import IdempotencyKey, PrincipalDep, ServicesDep
 from app.errors import (
     RUN_START_ERRORS,
     Conflict,
+    Forbidden,
+    InvalidRequest,
     NotFound,
     Unauthorized,
     problem_responses,
 )
-from app.services import runs, sessions
+from app.services import run_list, runs, sessions
 
 router = APIRouter(tags=["jobs"])
 
@@ -50,6 +55,28 @@ async def submit(
         status="pending",
         status_url=str(request.url_for("get_status", job_id=job_id)),
         stream_url=stream_url(request, services, started.run_id),
+    )
+
+
+@router.get(
+    "/agent/runs",
+    response_model=RunPage,
+    responses=problem_responses(InvalidRequest, Unauthorized, Forbidden),
+)
+async def list_runs(
+    query: Annotated[RunQuery, Query()],
+    principal: PrincipalDep,
+    services: ServicesDep,
+    request: Request,
+) -> RunPage:
+    """The caller's runs, newest first (admins: everyone's, or `user`'s), filtered by
+    status, agent or session; `next_before` fetches the next page."""
+    views, more = await run_list.list_runs(services.executor, principal, query)
+    return RunPage(
+        runs=[
+            RunRead.from_view(v, stream_url=stream_url(request, services, v.run.id)) for v in views
+        ],
+        next_before=str(views[-1].run.id) if more else None,
     )
 
 

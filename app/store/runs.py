@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.runner.events import RunEvent
@@ -221,6 +221,39 @@ async def get_run(
         stmt = stmt.with_for_update()
     row = (await conn.execute(stmt)).mappings().first()
     return None if row is None else record_from_row(row)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFilter:
+    """Which runs a listing shows; every field given must match."""
+
+    user_id: str | None = None
+    """Admins only: one user's runs (others always see only their own)."""
+    status: str | None = None
+    agent: str | None = None
+    session_id: uuid.UUID | None = None
+    before: tuple[datetime, uuid.UUID] | None = None
+    """Only runs older than this (created_at, id): the page after one that ended there."""
+
+
+async def list_runs(
+    conn: AsyncConnection, owner: Owner, where: RunFilter, *, limit: int
+) -> list[RunRecord]:
+    """Runs `owner` may see, newest first (shadow runs never: they are the operator's)."""
+    stmt = select(runs).where(runs.c.shadow_of.is_(None))
+    user_id = where.user_id if owner.is_admin else owner.user_id
+    if user_id is not None:
+        stmt = stmt.where(runs.c.user_id == user_id)
+    if where.status is not None:
+        stmt = stmt.where(runs.c.status == where.status)
+    if where.agent is not None:
+        stmt = stmt.where(runs.c.agent == where.agent)
+    if where.session_id is not None:
+        stmt = stmt.where(runs.c.session_id == where.session_id)
+    if where.before is not None:
+        stmt = stmt.where(tuple_(runs.c.created_at, runs.c.id) < tuple_(*where.before))
+    stmt = stmt.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+    return [record_from_row(row) for row in (await conn.execute(stmt)).mappings()]
 
 
 def record_from_row(row: Mapping[Any, Any]) -> RunRecord:
