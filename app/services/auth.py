@@ -90,12 +90,17 @@ class Authenticator:
 
     async def create_key(self, *, user_id: str, role: Role) -> str:
         """Store a new key for `user_id` and return it; it is never shown again."""
+        key, _ = await self.issue_key(user_id=user_id, role=role)
+        return key
+
+    async def issue_key(self, *, user_id: str, role: Role) -> tuple[str, key_store.KeyRecord]:
+        """Store a new key for `user_id`: the key (shown this once) and its record."""
         key = new_api_key()
         async with self._db.transaction() as conn:
-            await key_store.insert_key(
+            record = await key_store.insert_key(
                 conn, user_id=user_id, key_hash=self.hash_key(key), role=role
             )
-        return key
+        return key, record
 
     async def revoke_key(self, key_or_id: str) -> key_store.KeyRecord | None:
         """Revoke a stored key, named by the key itself or by its id (`keys list`); None
