@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from app.errors import Forbidden
 from app.settings import Role
 from app.store import keys as key_store
 from app.store.db import Database
@@ -32,6 +33,11 @@ class Principal:
     @property
     def owner(self) -> Owner:
         return Owner(user_id=self.user_id, is_admin=self.role == "admin")
+
+    def require_admin(self, refusal: str) -> None:
+        """Raise Forbidden(`refusal`) unless the caller is an admin."""
+        if self.role != "admin":
+            raise Forbidden(refusal)
 
     @property
     def can_approve(self) -> bool:

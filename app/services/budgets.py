@@ -24,7 +24,7 @@ from typing import Literal
 
 from app.bus.budgets import KEEP_AFTER_S, BudgetLedger, BudgetStoreError, Hold, build_budget_ledger
 from app.bus.writes import RedisWrites, watch
-from app.errors import Forbidden, NotFound, OverBudget, ServiceUnavailable
+from app.errors import NotFound, OverBudget, ServiceUnavailable
 from app.guards.budget import (
     BudgetExhausted,
     BudgetUnavailable,
@@ -226,14 +226,12 @@ async def set_override(db: Database, user_id: str, tokens: int | None, *, by: st
         await budget_store.put_override(conn, record)
 
 
-def _require_admin(principal: Principal) -> None:
-    if principal.role != "admin":
-        raise Forbidden("only admins manage budgets")
+ADMINS_ONLY = "only admins manage budgets"
 
 
 async def read_budget(keeper: BudgetKeeper, principal: Principal, user_id: str) -> UsageReport:
     """A user's budget and usage (admins)."""
-    _require_admin(principal)
+    principal.require_admin(ADMINS_ONLY)
     return await keeper.usage(user_id)
 
 
@@ -241,13 +239,13 @@ async def put_budget(
     keeper: BudgetKeeper, principal: Principal, user_id: str, tokens: int | None
 ) -> UsageReport:
     """Set a user's own budget (admins); None: unlimited."""
-    _require_admin(principal)
+    principal.require_admin(ADMINS_ONLY)
     await keeper.set_override(user_id, tokens, by=principal.user_id)
     return await keeper.usage(user_id)
 
 
 async def delete_budget(keeper: BudgetKeeper, principal: Principal, user_id: str) -> UsageReport:
     """Put a user back on the default budget (admins); 404 without an override."""
-    _require_admin(principal)
+    principal.require_admin(ADMINS_ONLY)
     await keeper.clear_override(user_id)
     return await keeper.usage(user_id)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from app.agents.policy import TrafficPolicy
 from app.agents.registry import AgentRegistry
-from app.errors import Forbidden, InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound
 from app.services.auth import Principal
 from app.services.experiment_stats import (
     GroupStats,
@@ -103,8 +103,8 @@ async def report_for(
     now: datetime,
 ) -> ExperimentReport:
     """The report for `agent` (admins; `principal` None is the CLI)."""
-    if principal is not None and principal.role != "admin":
-        raise Forbidden("only admins see experiment reports")
+    if principal is not None:
+        principal.require_admin("only admins see experiment reports")
     if agent not in registry.agents:
         raise NotFound(f"agent {agent} not found")
     start, end = resolve_window(since, until, now=now)

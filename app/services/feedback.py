@@ -59,8 +59,7 @@ async def list_feedback(
     executor: RunExecutor, principal: Principal, query: FeedbackQuery
 ) -> list[FeedbackEntry]:
     """Current ratings matching the query, newest first, comments filtered (admins)."""
-    if principal.role != "admin":
-        raise Forbidden("only admins list feedback")
+    principal.require_admin("only admins list feedback")
     rt = executor.rt
     async with rt.db.transaction() as conn:
         entries = await feedback_store.list_current(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from app.errors import Forbidden
 from app.jobs.executor import RunExecutor
 from app.llm.breaker import BreakerReport, BreakerSnapshot
 from app.services.auth import Principal
@@ -11,8 +10,7 @@ from app.services.auth import Principal
 async def list_breakers(executor: RunExecutor, principal: Principal) -> BreakerReport:
     """Every model and tool breaker with its state (admins): those this process knows of,
     closed unless the store says otherwise, and any other the store holds."""
-    if principal.role != "admin":
-        raise Forbidden("only admins see circuit breakers")
+    principal.require_admin("only admins see circuit breakers")
     resilience = executor.resilience
     report = await resilience.breakers.snapshot()
     stored = {shot.target: shot for shot in report.breakers}

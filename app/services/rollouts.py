@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from app.agents.policy import Assignment, PolicySpec, TrafficPolicy, assign
 from app.agents.registry import AgentRegistry, UnknownAgent
-from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from app.errors import Conflict, InvalidRequest, NotFound
 from app.services.auth import Principal
 from app.store import policies as policy_store
 from app.store.db import Database
@@ -157,8 +157,8 @@ async def set_policy(
 ) -> PolicyState:
     """Replace the agent's policy (admins; `principal` None is the CLI). With
     `expect_revision`, only if the stored policy is still that revision (409 otherwise)."""
-    if principal is not None and principal.role != "admin":
-        raise Forbidden("only admins may change traffic policies")
+    if principal is not None:
+        principal.require_admin("only admins may change traffic policies")
     _known_agent(registry, agent)
     check_versions(registry, agent, spec)
     async with db.transaction() as conn:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.api.run_list_schemas import RunQuery
-from app.errors import Forbidden, InvalidRequest
+from app.errors import InvalidRequest
 from app.jobs.executor import RunExecutor
 from app.services.auth import Principal
 from app.services.runs import load_view
@@ -15,8 +15,8 @@ async def list_runs(
     executor: RunExecutor, principal: Principal, query: RunQuery
 ) -> tuple[list[RunView], bool]:
     """The page of runs the query asks for, and whether more follow."""
-    if query.user not in (None, principal.user_id) and principal.role != "admin":
-        raise Forbidden("only admins list other users' runs")
+    if query.user not in (None, principal.user_id):
+        principal.require_admin("only admins list other users' runs")
     before = None
     async with executor.rt.db.read() as conn:
         if query.before is not None:

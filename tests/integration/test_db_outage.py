@@ -6,6 +6,7 @@ the pool replaces the dead connections, and requests meanwhile answer 503, not 5
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from app.observability.logs import RUN_ID
 from app.store.db import Database, create_engine
 from app.store.runs import llm_calls_t, runs, tool_calls_t
 from tests.conftest import ALICE, TABLES, SettingsFactory, pg_execute
@@ -23,6 +25,18 @@ from tests.support.polling import until
 from tests.support.tcp_proxy import CuttableProxy, cuttable_proxy
 
 pytestmark = pytest.mark.postgres
+
+
+class RunIdsSeen(logging.Handler):
+    """Records each log line's message with the run id its task was driving."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().split(": ", 1)[-1]
+        self.seen.append((message, RUN_ID.get()))
 
 
 @pytest.fixture
@@ -54,16 +68,23 @@ async def test_a_run_whose_write_finds_the_database_gone_resumes(
         settings = make_settings(
             default_model="openai/gpt-4o-mini", openai_base_url=fake.base_url, **FAST
         )
-        async with running_app(settings) as client:
-            job = await submit(client, "What is 17*23?")
+        named = RunIdsSeen()
+        logging.getLogger("app.jobs.executor").addHandler(named)
+        try:
+            async with running_app(settings) as client:
+                job = await submit(client, "What is 17*23?")
 
-            async def second_call() -> bool:
-                return len(fake.requests) == 2
+                async def second_call() -> bool:
+                    return len(fake.requests) == 2
 
-            await until(second_call, what="the second LLM call")
-            await proxy.cut(refuse_s=1.5)
-            await asyncio.sleep(1.6)
-            body = await wait_status(client, job, "completed", "failed")
+                await until(second_call, what="the second LLM call")
+                await proxy.cut(refuse_s=1.5)
+                await asyncio.sleep(1.6)
+                body = await wait_status(client, job, "completed", "failed")
+        finally:
+            logging.getLogger("app.jobs.executor").removeHandler(named)
+        # Lines logged while driving the run name it (JSON logs carry it as run_id).
+        assert ("database unreachable; handing it back", job) in named.seen
         assert body["status"] == "completed", body
         assert body["result"] == {"output": "391"}
         assert len(fake.requests) == 3  # only the call whose write was lost is repeated
