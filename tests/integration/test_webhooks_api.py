@@ -218,7 +218,9 @@ async def test_slow_receiver_times_out_and_is_retried(
     make_settings: SettingsFactory, receiver: Receiver
 ) -> None:
     receiver.answers.append(Answer(delay_s=30))
-    async with running_app(webhook_settings(make_settings, webhook_timeout_s=0.3)) as api:
+    # Long enough that the prompt second answer never times out on a loaded CI host (0.3 s
+    # once did, and a third attempt was made); the first still takes 15 times longer.
+    async with running_app(webhook_settings(make_settings, webhook_timeout_s=2.0)) as api:
         job_id = await submit(api, receiver.url)
 
         first, second = await receiver.wait_for(2)
