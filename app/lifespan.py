@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from app.agents.registry import AgentRegistry, build_registry
+from app.api.sse import quiet_cut_offs
 from app.bus.events import EventBus, InProcessBus
 from app.bus.ratelimit import build_rate_limiter
 from app.bus.redis_client import call_deadline_s, connect_redis
@@ -243,7 +244,8 @@ def make_lifespan(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         capacity = settings.embedded_workers * settings.worker_concurrency
-        async with open_services(settings, worker_capacity=capacity) as services:
-            yield {"services": services}
+        with quiet_cut_offs():
+            async with open_services(settings, worker_capacity=capacity) as services:
+                yield {"services": services}
 
     return lifespan

@@ -18,9 +18,11 @@ own task does it all:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterator
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 from fastapi import FastAPI
@@ -41,6 +43,10 @@ CHUNK_BYTES = 65_536
 """Body messages stay about this small (asyncio's default write buffer limit): the server
 waits for the client between them, and the send timeout can act."""
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+_CUT_OFF: ContextVar[bool] = ContextVar("agentsvc_sse_cut_off", default=False)
+"""Set in the request's task when its stream is left unfinished on purpose."""
+UNFINISHED = "ASGI callable returned without completing response"
+"""What uvicorn logs as an error when a response ends without its last body message."""
 _HEADERS = (
     (b"cache-control", b"no-store"),
     (b"connection", b"keep-alive"),
@@ -133,6 +139,27 @@ class ClientTooSlow(Exception):
     """The client read nothing for the whole send timeout."""
 
 
+class _CutOffIsNoError(logging.Filter):
+    """Drops uvicorn's error for a stream we cut off: ASGI has no way to abort a response
+    other than returning without finishing it, and our own info line already says why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_CUT_OFF.get() and record.getMessage().startswith(UNFINISHED))
+
+
+@contextlib.contextmanager
+def quiet_cut_offs() -> Iterator[None]:
+    """While open, uvicorn's error logger keeps quiet about streams cut off on purpose
+    (and only about those: the flag lives in the request's own task)."""
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    quiet = _CutOffIsNoError()
+    uvicorn_errors.addFilter(quiet)
+    try:
+        yield
+    finally:
+        uvicorn_errors.removeFilter(quiet)
+
+
 async def send_within(send: Send, message: Message, timeout_s: float) -> None:
     """Send one ASGI message; raise ClientTooSlow when the client's socket buffer stays full
     for `timeout_s`. A send that need not wait (nearly all) costs no timer."""
@@ -221,8 +248,9 @@ class EventStream(Response):
             await self._stream(receive, send)
         except ClientTooSlow:
             # The server then closes the connection; the client may resume with Last-Event-ID.
+            _CUT_OFF.set(True)
             log.info(
-                "SSE client too slow: cut off after %.0f s without progress", self.send_timeout_s
+                "SSE client too slow: cut off after %g s without progress", self.send_timeout_s
             )
             return
         if self.background is not None:

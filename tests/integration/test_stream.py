@@ -6,6 +6,7 @@ SQLite runs with the in-process bus, PostgreSQL with the Redis bus.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from tests.fakes.script_server import script_app
 from tests.support.sse import TERMINAL, SSEvent, collect, parse
 
 TEST_REDIS = "redis://127.0.0.1:6379/9"
+CUT_OFF_LINE = "SSE client too slow: cut off after 0.5 s without progress"
 
 
 @dataclass
@@ -214,8 +216,9 @@ async def test_session_message_streams_with_stream_true(server: Server) -> None:
 
 
 async def test_a_client_that_stops_reading_is_cut_off_and_the_run_goes_on(
-    make_settings: SettingsFactory, db_url: str
+    make_settings: SettingsFactory, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     # ~8 MB of events: more than the kernel buffers between server and client can hold.
     words = " ".join(f"w{i:05d}" for i in range(28_000))
     async with serve_app(script_app()) as model_url:
@@ -254,6 +257,10 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_run_goes_on(
                 resumed = await attach(client, job, last=10)
                 assert resumed[0].seq == 11
                 assert resumed[-1].event == "run.completed"
+    # Cut off on purpose: our info line says so, and uvicorn logs no error about it.
+    messages = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ("app.api.sse", logging.INFO, CUT_OFF_LINE) in messages
+    assert [m for m in messages if m[1] >= logging.ERROR] == []
 
 
 async def test_a_stream_ends_at_its_lifetime_and_resumes_where_it_stopped(
