@@ -17,6 +17,19 @@ RUN_ID: ContextVar[str | None] = ContextVar("run_id", default=None)
 logged meanwhile carry it as `run_id`."""
 
 
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, with ` run_id=<id>` after the message when logged while driving a run
+    (before the traceback, when the record carries one)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        run_id = RUN_ID.get()
+        return line if run_id is None else f"{line} run_id={run_id}"
+
+
 class JsonFormatter(logging.Formatter):
     """`{"ts", "level", "logger", "message"}`, with `run_id` when logged while driving a run
     and `exc` when the record carries one."""
@@ -40,9 +53,7 @@ class JsonFormatter(logging.Formatter):
 
 def log_config(level: str, fmt: str) -> dict[str, object]:
     """A `logging.config.dictConfig` for the root logger and uvicorn's, in `fmt`."""
-    formatter: dict[str, object] = (
-        {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
-    )
+    formatter: dict[str, object] = {"()": JsonFormatter if fmt == "json" else TextFormatter}
     handler = {"class": "logging.StreamHandler", "formatter": "agentsvc"}
     return {
         "version": 1,
@@ -52,8 +63,12 @@ def log_config(level: str, fmt: str) -> dict[str, object]:
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         # uvicorn's own loggers pass their records up to the root's handler.
         "loggers": {
-            name: {"level": level.upper(), "handlers": [], "propagate": True}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            **{
+                name: {"level": level.upper(), "handlers": [], "propagate": True}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            },
+            # Alembic announces each of its plugins at INFO whenever it migrates.
+            "alembic.runtime.plugins": {"level": "WARNING"},
         },
     }
 

@@ -1,4 +1,4 @@
-"""Log lines as JSON: one object per record, the exception in it."""
+"""Log lines as text or JSON: the run they were logged for, the exception in them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from app.observability.logs import RUN_ID, JsonFormatter, log_config
+from app.observability.logs import RUN_ID, JsonFormatter, TextFormatter, log_config
 
 
 def record(message: str, *args: object, exc: bool = False) -> logging.LogRecord:
@@ -42,11 +42,25 @@ async def test_lines_logged_while_driving_a_run_name_it() -> None:
     assert "run_id" not in json.loads(JsonFormatter().format(record("elsewhere")))
 
 
+async def test_text_lines_logged_while_driving_a_run_end_with_it() -> None:
+    async def drive() -> str:
+        RUN_ID.set("run-7")
+        return TextFormatter().format(record("step %d", 3, exc=True))
+
+    first, *traceback = (await asyncio.create_task(drive())).splitlines()
+    assert first.endswith(" WARNING app.x step 3 run_id=run-7")
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert TextFormatter().format(record("elsewhere")).endswith(" WARNING app.x elsewhere")
+
+
 def test_uvicorn_logs_through_the_same_handler() -> None:
     config = log_config("warning", "json")
     loggers = config["loggers"]
     assert isinstance(loggers, dict)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         assert loggers[name] == {"level": "WARNING", "handlers": [], "propagate": True}
+    assert log_config("debug", "text")["loggers"]["alembic.runtime.plugins"] == {  # type: ignore[index]
+        "level": "WARNING"
+    }
     assert config["formatters"] == {"agentsvc": {"()": JsonFormatter}}
-    assert log_config("info", "text")["formatters"] != config["formatters"]
+    assert log_config("info", "text")["formatters"] == {"agentsvc": {"()": TextFormatter}}
