@@ -223,7 +223,8 @@ async def test_edited_arguments_are_validated_then_used(
 
 
 async def test_unanswered_approval_expires(sandbox_settings: SettingsFactory) -> None:
-    settings = sandbox_settings(approval_ttl_s=0.3, lease_seconds=0.6)
+    # Long enough that polling sees the run waiting before it expires, even on a loaded host.
+    settings = sandbox_settings(approval_ttl_s=1.5, lease_seconds=0.6)
     async with running_app(settings) as client:
         job = await submit(client, "delete notes.txt")
         approval = await pending_approval(client, job)

@@ -143,16 +143,17 @@ async def test_a_user_never_gets_another_users_answer_unless_the_agent_shares(
 async def test_answers_expire_after_the_ttl_and_ttl_zero_turns_caching_off(
     make_settings: SettingsFactory, redis_url: str | None
 ) -> None:
-    async with cache_app(make_settings, redis_url, prompt_cache_ttl_s=0.3) as (client, fake):
+    # A TTL long enough that the entry is still there when looked at on a loaded host.
+    async with cache_app(make_settings, redis_url, prompt_cache_ttl_s=1.0) as (client, fake):
         await run(client, "cached")
         if redis_url is not None:
             redis = Redis.from_url(redis_url)
             try:
                 (key,) = await redis.keys("agentsvc:pcache:*")
-                assert 0 < await redis.pttl(key) <= 300
+                assert 0 < await redis.pttl(key) <= 1000
             finally:
                 await redis.aclose()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.2)
         second = await run(client, "cached")
         assert [c["cache_hit"] for c in await trace(client, second)] == [False]
         assert len(fake.requests) == 2
