@@ -51,10 +51,10 @@ def set_policy(
 
 
 def _policy_json(agent: str, change: tuple[PolicySpec, int | None] | None) -> str:
-    """The agent's policy in force after `change` (None: just read it), as JSON."""
-    import json
-
+    """The agent's policy in force after `change` (None: just read it), as JSON: the answer of
+    GET /agent/agents/{agent}/policy."""
     from app.agents.registry import build_registry
+    from app.api.policies import PolicyRead
     from app.errors import AppError
     from app.services import rollouts
 
@@ -67,16 +67,7 @@ def _policy_json(agent: str, change: tuple[PolicySpec, int | None] | None) -> st
             state = await rollouts.set_policy(
                 book, registry, db, None, agent, change[0], expect_revision=change[1]
             )
-        return json.dumps(
-            {
-                "agent": state.agent,
-                "revision": state.revision,
-                "policy": state.policy.model_dump(mode="json"),
-                "updated_by": state.updated_by,
-                "problem": state.problem,
-            },
-            indent=2,
-        )
+        return PolicyRead.from_state(state).model_dump_json(indent=2)
 
     from app.cli import with_db
 

@@ -4,6 +4,7 @@ or the user; automatic canary rollback."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -419,9 +420,11 @@ def test_policy_cli_sets_and_shows(tmp_path: Path) -> None:
     assert written.returncode == 0, written.stderr
     shown = agentsvc("policy", "show", "rollout", env=env)
     assert shown.returncode == 0, shown.stderr
-    assert '"revision": 1' in shown.stdout
-    assert '"weight": 0.1' in shown.stdout
-    assert '"updated_by": "cli"' in shown.stdout
+    state = json.loads(shown.stdout)  # the answer of GET /agent/agents/{agent}/policy
+    assert state["revision"] == 1
+    assert state["policy"]["canary"]["weight"] == 0.1
+    assert state["updated_by"] == "cli"
+    assert datetime.fromisoformat(state["updated_at"]).tzinfo is not None
     (tmp_path / "p.json").write_text('{"stable": "9"}')
     refused = agentsvc("policy", "set", "rollout", f"@{tmp_path / 'p.json'}", env=env)
     assert refused.returncode == 1
