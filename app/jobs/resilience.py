@@ -50,6 +50,17 @@ def call_timeout_s(settings: Settings, version: AgentVersion) -> float:
     return links * (settings.llm_retry_max_s + settings.llm_timeout_s)
 
 
+def fallback_models(
+    registry: AgentRegistry, version: AgentVersion, *, default_model: str
+) -> tuple[str, ...]:
+    """The models after a version's own that may answer its runs' calls: its fallback
+    models, then its fallback agent's model."""
+    if version.fallback_agent is None:
+        return version.fallbacks
+    _, fallback = registry.resolve(version.fallback_agent)
+    return (*version.fallbacks, fallback.model or default_model)
+
+
 class Resilience:
     """Builds each run's model client (fallback chain → breaker → retries → provider)
     and holds the guarded tools."""
@@ -90,27 +101,24 @@ class Resilience:
     def _check_chains(self) -> None:
         for agent in self._registry.agents.values():
             for version in agent.versions:
-                for ref in version.fallbacks:
-                    self._providers.resolve(ref)
-                if version.fallback_agent is None:
-                    continue
                 if version.fallback_agent == agent.name:
                     raise ValueError(f"agent {agent.name!r} names itself as its fallback agent")
-                _, fallback = self._registry.resolve(version.fallback_agent)
-                self._providers.resolve(fallback.model or self._settings.default_model)
+                for ref in self._fallback_models(version):
+                    self._providers.resolve(ref)
+
+    def _fallback_models(self, version: AgentVersion) -> tuple[str, ...]:
+        return fallback_models(self._registry, version, default_model=self._settings.default_model)
 
     def targets(self) -> list[str]:
         """Every breaker this process may use: each model of every agent's chain, each tool."""
         refs = {self._settings.default_model}
         for agent in self._registry.agents.values():
             for version in agent.versions:
-                refs.update([version.model or self._settings.default_model, *version.fallbacks])
+                refs.add(version.model or self._settings.default_model)
+                refs.update(self._fallback_models(version))
                 policy = version.model_policy
                 if policy is not None:
                     refs.update([policy.simple, policy.medium, policy.complex])
-                if version.fallback_agent is not None:
-                    _, fallback = self._registry.resolve(version.fallback_agent)
-                    refs.add(fallback.model or self._settings.default_model)
         return [f"llm:{ref}" for ref in sorted(refs)] + [
             f"tool:{name}" for name in sorted(self.tools.tools)
         ]

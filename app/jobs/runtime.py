@@ -13,7 +13,7 @@ from app.bus.wakeups import Wakeups
 from app.bus.writes import RedisWrites
 from app.guards.limits import RunLimits, lowest
 from app.guards.redact import Redactor
-from app.jobs.resilience import call_timeout_s
+from app.jobs.resilience import call_timeout_s, fallback_models
 from app.llm.providers import Providers
 from app.runner.loop import RunSpec
 from app.runner.shadow import ShadowReplay
@@ -62,6 +62,9 @@ def build_spec(
         agent_version=version.version,
         provider=provider,
         model=model,
+        fallback_models=fallback_models(
+            rt.registry, version, default_model=rt.settings.default_model
+        ),
         tools=frozenset(version.tools),
         limits=RunLimits(
             max_turns=max_turns,

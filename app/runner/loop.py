@@ -143,12 +143,16 @@ class GuardedRunner(ToolSteps):
         if limits.max_run_tokens is None and limits.max_run_cost_usd is None:
             return
         worst = worst_case(request)
+        costs = [worst.cost_usd(request.provider, request.model)]
+        for ref in self._spec.fallback_models:
+            provider, _, model = ref.partition("/")
+            costs.append(worst.cost_usd(provider, model))
         try:
             limits.check_spend(
                 tokens=cp.usage.input_tokens + cp.usage.output_tokens,
                 cost_usd=cp.usage.cost_usd,
                 next_call=worst,
-                next_cost_usd=worst.cost_usd(request.provider, request.model),
+                next_cost_usd=max(costs),
             )
         except BudgetError as exc:
             BUDGET_REJECTIONS.labels(reason=exc.reason).inc()

@@ -25,6 +25,9 @@ class RunSpec:
     agent_version: str = ""
     provider: str
     model: str
+    fallback_models: tuple[str, ...] = ()
+    """The other `provider/model`s that may answer a call (the fallback chain's): the run's
+    cost cap holds at the dearest of them."""
     tools: frozenset[str]
     limits: RunLimits
     temperature: float | None = None

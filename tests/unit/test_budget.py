@@ -219,6 +219,7 @@ def caps_runner(
     *,
     max_run_tokens: int | None = None,
     max_run_cost_usd: float | None = None,
+    fallback_models: tuple[str, ...] = (),
 ) -> GuardedRunner:
     registry = ToolRegistry()
     registry.add(CountingTool("echo").tool())
@@ -226,6 +227,7 @@ def caps_runner(
         run_id="00000000-0000-0000-0000-000000000002",
         provider="openai",
         model="gpt-4o-mini",
+        fallback_models=fallback_models,
         tools=frozenset({"echo"}),
         limits=RunLimits(
             max_turns=5,
@@ -271,6 +273,33 @@ async def test_run_cap_fails_the_run_before_the_call_and_keeps_its_checkpoint(
     assert final.turn == 1
     assert final.usage.tool_calls == 1
     assert [m.role for m in final.messages][-2:] == ["assistant", "tool"]
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "completes"),
+    [
+        # A call's worst case (~150 prompt + 100 output tokens) costs ~$0.0001 at
+        # gpt-4o-mini's prices and ~$0.0014 at gpt-4o's.
+        ((), True),
+        (("local/local-1",), True),  # unpriced: costs 0
+        (("local/local-1", "openai/gpt-4o"), False),
+    ],
+)
+async def test_run_cost_cap_holds_at_the_dearest_model_that_may_answer(
+    fallbacks: tuple[str, ...], completes: bool
+) -> None:
+    model = ScriptedModel([text("done")])
+    cp, _ = start_run(run_id="r", instructions="be brief", user_input="hi", data={})
+    runner = caps_runner(model, MemoryStore(), max_run_cost_usd=0.0005, fallback_models=fallbacks)
+    outcome = await runner.run(cp)
+    if completes:
+        assert outcome == Completed("done")
+        return
+    # The fallback chain could hand the call to gpt-4o, whose worst case passes the cap.
+    assert isinstance(outcome, Failed)
+    assert outcome.error_type == "budget_exceeded"
+    assert "cost cap of $0.0005" in outcome.message
+    assert model.requests == []
 
 
 async def test_run_within_its_caps_completes() -> None:
