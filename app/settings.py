@@ -16,8 +16,9 @@ DEFAULT_SECRET = "dev-insecure-change-me"
 class Settings(BaseSettings):
     """Every setting of the service; `.env.example` documents each one."""
 
+    # An empty value (`AGENTSVC_REDIS_URL=`, a line of .env.example uncommented) is unset.
     model_config = SettingsConfigDict(
-        env_prefix="AGENTSVC_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="AGENTSVC_", env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
     )
 
     database_url: str = "sqlite+aiosqlite:///./agentsvc.db"
@@ -89,7 +90,8 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
 
     redis_url: str | None = None
-    """Redis for the live event bus (and, later, budgets and caches); None: in-process."""
+    """Redis for what replicas share: live event bus, budgets, prompt cache, breakers, rate
+    limits; None: this process's own stand-ins."""
     redis_timeout_s: float = Field(default=0.1, gt=0, le=10)
     """Connect and socket timeout of every Redis call except the live subscription."""
     prompt_cache_ttl_s: float = Field(default=3600.0, ge=0)
