@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -149,11 +149,19 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        {"loc": list(e.get("loc", ())), "msg": _message(e), "type": e.get("type", "")}
         for e in exc.errors()
     ]
     detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
     return problem(422, "validation_error", detail or "invalid request", extra={"errors": errors})
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    """An error's message; a JSON decoding error says what is wrong with the body."""
+    reason = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "json_invalid" and reason:
+        return f"invalid JSON: {reason}"
+    return str(error.get("msg", ""))
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -21,6 +21,7 @@ from app.api import (
 from app.api.limits import BodySizeLimit
 from app.api.schemas import Problem
 from app.api.sse import StreamingFastAPI
+from app.api.strict import RejectNulInURL
 from app.errors import TooManyRequests, install_error_handlers, problem_responses
 from app.lifespan import make_lifespan
 from app.settings import Settings
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=make_lifespan(settings),
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RejectNulInURL)
     install_error_handlers(app)
     for router in (
         sync.router,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
 from pydantic import BaseModel
 
+from app.api.strict import api_router
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import Forbidden, Unauthorized, problem_responses
 from app.llm.breaker import BreakerReport
 from app.services import resilience
 
-router = APIRouter(tags=["admin"])
+router = api_router(tags=["admin"])
 
 
 class BreakerRead(BaseModel):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from app.api.schemas import FILTER_ALL, ApprovalDecisionBody, ApprovalList, ApprovalRead
+from app.api.strict import api_router
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     Conflict,
@@ -18,7 +17,7 @@ from app.guards.redact import NO_REDACTION
 from app.services import approvals
 from app.services.runs import parse_id
 
-router = APIRouter(tags=["approvals"])
+router = api_router(tags=["approvals"])
 
 
 @router.get(

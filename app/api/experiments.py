@@ -5,23 +5,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
-from pydantic import AwareDatetime
+from fastapi import Path, Query
 
 from app.api.experiment_schemas import ExperimentReportRead
+from app.api.schemas import QueryTime
+from app.api.strict import api_router
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import Forbidden, InvalidRequest, NotFound, Unauthorized, problem_responses
 from app.services import experiments
 
-router = APIRouter(tags=["rollouts"])
+router = api_router(tags=["rollouts"])
 
 AgentName = Annotated[str, Path(min_length=1, max_length=128)]
 Since = Annotated[
-    AwareDatetime | None,
+    QueryTime | None,
     Query(description="Start of the window (ISO 8601 with a timezone); default: until - 24 h"),
 ]
 Until = Annotated[
-    AwareDatetime | None,
+    QueryTime | None,
     Query(description="End of the window, excluded (ISO 8601 with a timezone); default: now"),
 ]
 

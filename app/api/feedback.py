@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from app.api.feedback_schemas import FeedbackCreate, FeedbackItemRead, FeedbackList, FeedbackQuery
 from app.api.schemas import FeedbackRead
+from app.api.strict import api_router
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     Conflict,
@@ -19,7 +20,7 @@ from app.errors import (
 )
 from app.services import feedback, runs
 
-router = APIRouter(tags=["feedback"])
+router = api_router(tags=["feedback"])
 
 
 @router.post(

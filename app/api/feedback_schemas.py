@@ -6,11 +6,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from app.api.schemas import QueryTime
 from app.store.feedback import LIST_LIMIT, Rating
 
 Tag = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9_-]+$")]
+
+
+def _once_each(value: object) -> object:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(dict.fromkeys(value))
+    return value  # for the type check to refuse
 
 
 class FeedbackCreate(BaseModel):
@@ -21,8 +28,11 @@ class FeedbackCreate(BaseModel):
     rating: Rating
     comment: str | None = Field(default=None, max_length=2000)
     """Shown to others (and on the Run) only through the agent's output filter."""
-    tags: list[Tag] = Field(default_factory=list, max_length=10, examples=[["wrong_answer"]])
-    """Up to 10, each 1-32 characters of a-z, 0-9, `_` and `-`."""
+    tags: Annotated[list[Tag], BeforeValidator(_once_each)] = Field(
+        default_factory=list, max_length=10, examples=[["wrong_answer"]]
+    )
+    """Up to 10 distinct, each 1-32 characters of a-z, 0-9, `_` and `-`; a repeated tag is
+    kept once (before counting)."""
 
 
 class FeedbackQuery(BaseModel):
@@ -36,9 +46,9 @@ class FeedbackQuery(BaseModel):
     variant: str | None = None
     """The experiment variant that served the run."""
     rating: Rating | None = None
-    since: AwareDatetime | None = None
+    since: QueryTime | None = None
     """Ratings given at or after this time (with a timezone, e.g. `2026-11-28T00:00:00Z`)."""
-    until: AwareDatetime | None = None
+    until: QueryTime | None = None
     """Ratings given before this time."""
     limit: int = Field(default=100, ge=1, le=LIST_LIMIT)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import Query, Request, Response, status
 
 from app.api.run_list_schemas import RunPage, RunQuery
 from app.api.schemas import JobAccepted, RunCreate, RunRead
 from app.api.stream import stream_url
+from app.api.strict import api_router
 from app.deps import IdempotencyKey, PrincipalDep, ServicesDep
 from app.errors import (
     RUN_START_ERRORS,
@@ -21,7 +22,7 @@ from app.errors import (
 )
 from app.services import run_list, runs, sessions
 
-router = APIRouter(tags=["jobs"])
+router = api_router(tags=["jobs"])
 
 
 @router.post(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, status
+from fastapi import status
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.strict import api_router
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import Forbidden, InvalidRequest, NotFound, Unauthorized, problem_responses
 from app.services import keys
@@ -14,7 +15,7 @@ from app.services.runs import parse_id
 from app.settings import Role
 from app.store.keys import KeyRecord
 
-router = APIRouter(tags=["admin"])
+router = api_router(tags=["admin"])
 
 
 class KeyCreate(BaseModel):

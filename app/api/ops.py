@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 
 from app.api.ops_schemas import (
     AgentCatalog,
@@ -16,6 +16,7 @@ from app.api.ops_schemas import (
     TraceRead,
 )
 from app.api.schemas import FeedbackRead, RoutingRead
+from app.api.strict import api_router
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     NotFound,
@@ -28,7 +29,7 @@ from app.guards.limits import lowest
 from app.observability.export import metrics_registry, render_metrics
 from app.services import runs, traces
 
-router = APIRouter()
+router = api_router()
 log = logging.getLogger(__name__)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from pydantic import BaseModel
 
 from app.agents.policy import PolicySpec, TrafficPolicy
+from app.api.strict import api_router
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     Conflict,
@@ -20,7 +21,7 @@ from app.errors import (
 from app.services import rollouts
 from app.services.rollouts import PolicyState
 
-router = APIRouter(tags=["agents"])
+router = api_router(tags=["agents"])
 
 
 class PolicyRead(BaseModel):

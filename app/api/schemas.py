@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.guards.redact import Redactor
 from app.store.approvals import ApprovalRecord
@@ -17,6 +17,20 @@ if TYPE_CHECKING:
     from app.store.views import RunView
 
 FILTER_ALL = Redactor()
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _in_range(value: datetime) -> datetime:
+    if not _EARLIEST <= value <= _LATEST:
+        raise ValueError("must lie between 1970-01-01 and 9000-01-01 (UTC)")
+    return value
+
+
+QueryTime = Annotated[AwareDatetime, AfterValidator(_in_range)]
+"""A time a query is bounded by: with a timezone, between 1970 and 9000 (so that any window
+around it can be computed and stored)."""
 RunStatus = Literal["pending", "running", "awaiting_approval", "completed", "failed", "cancelled"]
 MetadataValue = str | int | float | bool | None
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import Request, Response, status
 
 from app.api.schemas import MessageCreate, RunRead
 from app.api.session_schemas import SessionCreate, SessionLogRead, SessionRead
 from app.api.stream import STREAM_DOC, event_stream
+from app.api.strict import api_router
 from app.api.sync import answer_when_done
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
@@ -20,7 +21,7 @@ from app.errors import (
 )
 from app.services import runs, sessions
 
-router = APIRouter(tags=["sessions"])
+router = api_router(tags=["sessions"])
 
 
 @router.post(

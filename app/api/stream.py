@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import Header, Query, Request, Response, status
 
 from app.api.schemas import RunCreate
 from app.api.sse import EventStream
+from app.api.strict import api_router
 from app.deps import IdempotencyKey, OptionalPrincipalDep, PrincipalDep, ServicesDep
 from app.errors import (
     RUN_START_ERRORS,
@@ -21,7 +22,7 @@ from app.lifespan import Services
 from app.services import runs, sessions
 from app.services.streams import open_stream, read_to_the_end
 
-router = APIRouter(tags=["stream"])
+router = api_router(tags=["stream"])
 
 RECONNECT_MS = 2000
 """The `retry:` hint: how long an EventSource waits before it reconnects."""
@@ -119,13 +120,14 @@ async def attach_stream(
     return event_stream(services, run_id, after)
 
 
+MAX_EVENT_ID = 2**31 - 1
+"""Event sequences are 32-bit integers in the database."""
+
+
 def _parse_last_event_id(value: str | None) -> int:
     if value is None or not value.strip():
         return -1
-    try:
-        seq = int(value)
-    except ValueError:
-        raise InvalidRequest(f"Last-Event-ID {value!r} is not an event id") from None
-    if seq < -1:
+    text = value.strip()
+    if not (text == "-1" or (text.isascii() and text.isdigit())) or int(text) > MAX_EVENT_ID:
         raise InvalidRequest(f"Last-Event-ID {value!r} is not an event id")
-    return seq
+    return int(text)

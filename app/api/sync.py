@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import Request, Response, status
 
 from app.api.schemas import RunCreate, RunRead
 from app.api.stream import stream_url
+from app.api.strict import api_router
 from app.deps import IdempotencyKey, PrincipalDep, ServicesDep
 from app.errors import (
     RUN_START_ERRORS,
@@ -16,7 +17,7 @@ from app.services import runs, sessions
 from app.services.auth import Principal
 from app.store.runs import TERMINAL_STATUSES
 
-router = APIRouter(tags=["runs"])
+router = api_router(tags=["runs"])
 
 
 @router.post(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.strict import api_router
 from app.deps import PrincipalDep, ServicesDep
 from app.errors import (
     Forbidden,
@@ -21,7 +22,7 @@ from app.errors import (
 from app.services import budgets
 from app.services.budgets import UsageReport
 
-router = APIRouter(tags=["cost"])
+router = api_router(tags=["cost"])
 
 UserName = Annotated[str, Path(min_length=1, max_length=128)]
 

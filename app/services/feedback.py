@@ -48,7 +48,7 @@ async def rate_run(
             rating=body.rating,
             comment=body.comment,
             shown_comment=shown,
-            tags=list(dict.fromkeys(body.tags)),
+            tags=body.tags,
             now=datetime.now(UTC),
         )
     FEEDBACK.labels(run.agent, run.agent_version, body.rating).inc()

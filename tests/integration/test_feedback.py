@@ -200,6 +200,14 @@ async def test_the_limits_themselves_are_accepted(client: AsyncClient) -> None:
     assert response.json()["tags"] == tags
 
 
+async def test_repeated_tags_count_once(client: AsyncClient) -> None:
+    job = await finished_run(client)
+    tags = ["a"] * 11 + [f"t{i}" for i in range(9)]
+    response = await rate(client, job, {"rating": "up", "tags": tags})
+    assert response.status_code == 201, response.text
+    assert response.json()["tags"] == ["a"] + [f"t{i}" for i in range(9)]
+
+
 async def test_comments_pass_the_output_filter_except_in_the_admins_trace(
     client: AsyncClient,
 ) -> None:
