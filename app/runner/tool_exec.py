@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -54,4 +55,19 @@ async def execute_tool(
         status, text = "error", f"{tool.name} failed unexpectedly ({type(exc).__name__})"
     if len(text) > tool.max_result_chars:
         text = text[: tool.max_result_chars] + "\n[truncated]"
-    return ToolOutcome(status, text, (time.monotonic() - started) * 1000)
+    return ToolOutcome(status, storable(text), (time.monotonic() - started) * 1000)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` as the database can keep it: NUL characters (PostgreSQL's text and JSONB refuse
+    them) and lone surrogates (not UTF-8) become U+FFFD. A tool may read any bytes."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = _SURROGATE.sub("\ufffd", text)
+    return text

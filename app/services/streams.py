@@ -128,7 +128,9 @@ class StreamHub:
             ends = await log_ends(conn, idle)
         for run_id, end in ends.items():
             for sub in fanout.readers(str(run_id)):
-                if sub.cursor < end.next_seq - 1:
+                # A finished run's reader is told too: it may be past the end, where no
+                # event will ever come (a Last-Event-ID beyond the run's last).
+                if sub.cursor < end.next_seq - 1 or end.finished:
                     sub.nudge()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -39,15 +40,25 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
-def _json_dumps(value: object) -> str:
-    return orjson.dumps(value).decode()
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+"""A JSON `\\u0000` escape: preceded by an even number of backslashes (`\\\\u0000` is the
+text `\\u0000`, which stays)."""
+
+
+def json_dumps(value: object) -> str:
+    """JSON text of `value` for a JSON column. A NUL character, which PostgreSQL's JSONB
+    refuses, becomes U+FFFD (a model may answer anything)."""
+    out = orjson.dumps(value).decode()
+    if "\\u0000" in out:
+        out = _NUL_ESCAPE.sub(r"\1\\ufffd", out)
+    return out
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An async engine; on SQLite with WAL, a busy timeout and write-ahead transactions."""
     if url.startswith("sqlite"):
         engine = create_async_engine(
-            url, json_serializer=_json_dumps, json_deserializer=orjson.loads
+            url, json_serializer=json_dumps, json_deserializer=orjson.loads
         )
         _configure_sqlite(engine)
         return engine
@@ -58,7 +69,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # (a backend fork each). Nothing holds a connection for long, so waiting is short.
         max_overflow=0,
         pool_recycle=1800,
-        json_serializer=_json_dumps,
+        json_serializer=json_dumps,
         json_deserializer=orjson.loads,
     )
     event.listen(engine.sync_engine.pool, "checkout", _drop_closed)

@@ -14,11 +14,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.runner.events import RunEvent
-from app.store.db import is_unavailable
+from app.store.db import is_unavailable, json_dumps
 from app.store.runs import runs
 
 RUN_COLUMNS = tuple(c.name for c in runs.c)
@@ -97,7 +96,7 @@ LLM_STEP = (
 
 def json_text(value: object) -> str | None:
     """JSON(B) parameters go to the driver as text (SQLAlchemy's codec on the connection)."""
-    return None if value is None else orjson.dumps(value).decode()
+    return None if value is None else json_dumps(value)
 
 
 def llm_call_args(values: Mapping[str, object]) -> tuple[object, ...]:
@@ -109,9 +108,7 @@ def llm_call_args(values: Mapping[str, object]) -> tuple[object, ...]:
 
 
 def events_text(events: Sequence[RunEvent]) -> str:
-    return orjson.dumps(
-        [{"seq": e.seq, "type": e.type.value, "data": e.data} for e in events]
-    ).decode()
+    return json_dumps([{"seq": e.seq, "type": e.type.value, "data": e.data} for e in events])
 
 
 @asynccontextmanager

@@ -152,8 +152,20 @@ async def test_stream_access_is_the_runs_owner_or_its_token(server: Server) -> N
         assert (await anonymous.get(f"/agent/stream/{job}?token={token}")).status_code == 401
     not_hers = await server.client.get(f"/agent/stream/{job}", headers=BOB)
     assert not_hers.status_code == 404
-    bad_id = await server.client.get(f"/agent/stream/{job}", headers={"Last-Event-ID": "x"})
-    assert bad_id.status_code == 422
+    for bad in (b"x", b"3_0", b"-2", b"2147483648", "\u0663".encode()):
+        bad_id = await server.client.get(f"/agent/stream/{job}", headers={b"Last-Event-ID": bad})
+        assert bad_id.status_code == 422, bad
+
+
+async def test_a_resume_past_the_last_event_ends_with_the_run(server: Server) -> None:
+    body = {"agent": "worker-agent", "input": "nap 1; say done"}
+    submitted = await server.client.post("/agent/submit", json=body)
+    job = submitted.json()["job_id"]
+    async with asyncio.timeout(15):
+        # The client claims events the run never had: the stream still ends when it does.
+        events = await attach(server.client, job, last=50)
+    assert events == []
+    assert (await server.client.get(f"/agent/status/{job}")).json()["status"] == "completed"
 
 
 async def test_disconnecting_does_not_stop_the_run(server: Server) -> None:
