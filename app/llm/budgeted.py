@@ -9,6 +9,7 @@ dropped on the floor, and the call's answer does not wait for the budget store.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from app.bus.budgets import Hold
@@ -51,7 +52,16 @@ class BudgetedModel:
         self, request: LLMRequest, *, on_delta: DeltaCallback | None = None
     ) -> LLMResponse:
         tokens = worst_case(request).tokens
-        hold = await self._budgets.reserve(self._user_id, tokens, hold_s=self._hold_s)
+        reserving = asyncio.ensure_future(
+            self._budgets.reserve(self._user_id, tokens, hold_s=self._hold_s)
+        )
+        try:
+            hold = await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            # Cancelled while the store was granting: a hold granted anyway is freed at once
+            # rather than lapsing after `_hold_s` (it would count against the user meanwhile).
+            reserving.add_done_callback(self._release_late_hold)
+            raise
         try:
             response = await self._inner.complete(request, on_delta=on_delta)
         except BaseException:
@@ -66,3 +76,7 @@ class BudgetedModel:
             cost = price_call(provider, model, usage).usd
         self._budgets.settle(hold, tokens=tokens, cost_usd=cost)
         return response
+
+    def _release_late_hold(self, reserving: asyncio.Future[Hold]) -> None:
+        if not reserving.cancelled() and reserving.exception() is None:
+            self._budgets.settle(reserving.result(), tokens=0, cost_usd=0.0)

@@ -213,6 +213,30 @@ async def test_budgeted_model_releases_the_hold_when_the_call_fails_or_is_cancel
     assert [(used, cost) for _, used, cost in budgets.settled] == [(0, 0.0), (0, 0.0)]
 
 
+async def test_a_hold_granted_after_its_call_was_cancelled_is_freed_at_once() -> None:
+    granting = asyncio.Event()
+    reached = asyncio.Event()
+
+    class SlowBudgets(RecordingBudgets):
+        async def reserve(self, user_id: str, tokens: int, *, hold_s: float) -> Hold:
+            reached.set()
+            await granting.wait()  # the store has granted; its answer is on the way
+            return await super().reserve(user_id, tokens, hold_s=hold_s)
+
+    budgets = SlowBudgets()
+    model = BudgetedModel(HangingModel(), user_id="u", budgets=budgets, call_timeout_s=5)
+    call = asyncio.ensure_future(model.complete(request()))
+    await reached.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert budgets.settled == []
+    granting.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [(used, cost) for _, used, cost in budgets.settled] == [(0, 0.0)]
+
+
 def caps_runner(
     model: ScriptedModel,
     store: MemoryStore,
