@@ -6,7 +6,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from app.guards.redact import Redactor
 from app.store.approvals import ApprovalRecord
@@ -122,6 +123,15 @@ class ApprovalDecisionBody(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
     arguments: dict[str, object] | None = None
     """Edited arguments to run the tool with (approve only); validated against its schema."""
+
+    @model_validator(mode="after")
+    def _arguments_only_with_approve(self) -> ApprovalDecisionBody:
+        # A denied call runs nothing: arguments with it would be stored and shown unvalidated.
+        if self.decision != "approve" and self.arguments is not None:
+            raise PydanticCustomError(
+                "arguments_without_approve", "arguments can only be given with approve"
+            )
+        return self
 
 
 class ApprovalList(BaseModel):

@@ -53,14 +53,14 @@ async def decide(
             arguments = _validated(rt, found.tool, arguments)
         decided = await resolve(
             conn,
-            approval_id,
+            found,
             status="approved" if approve else "denied",
             decided_by=principal.user_id,
             reason=reason,
             arguments=arguments,
         )
         if decided is None:
-            raise Conflict(f"approval {approval_id} was decided meanwhile")
+            raise Conflict(f"approval {approval_id} was decided, or its run cancelled, meanwhile")
     rt.wakeups.ready()
     return decided
 
@@ -77,7 +77,7 @@ def _validated(rt: Runtime, tool_name: str, arguments: dict[str, object]) -> dic
 
 async def resolve(
     conn: AsyncConnection,
-    approval_id: uuid.UUID,
+    approval: ApprovalRecord,
     *,
     status: str,
     decided_by: str | None,
@@ -85,10 +85,13 @@ async def resolve(
     arguments: dict[str, object] | None,
 ) -> ApprovalRecord | None:
     """Decide a pending approval and re-queue its run with an `approval.resolved` event.
-    None when it was no longer pending (decisions are single use)."""
+    None when it was no longer pending (decisions are single use; a cancel ends them)."""
+    # The run's row lock before its approval's, the order cancel_run and the worker take
+    # them in: the other order deadlocks with a cancel of the run on PostgreSQL.
+    run = await get_run(conn, approval.run_id, ANYONE, lock=True)
     decided = await approvals.decide(
         conn,
-        approval_id,
+        approval.id,
         status=status,
         decided_by=decided_by,
         reason=reason,
@@ -97,11 +100,10 @@ async def resolve(
     )
     if decided is None:
         return None
-    run = await get_run(conn, decided.run_id, ANYONE, lock=True)
     if run is not None and run.status == "awaiting_approval":
         await conn.execute(update(runs).where(runs.c.id == run.id).values(status="pending"))
         data: dict[str, object] = {
-            "approval_id": str(approval_id),
+            "approval_id": str(approval.id),
             "decision": status,
             "decided_by": decided_by,
             "reason": reason,
@@ -116,9 +118,9 @@ async def expire_due(rt: Runtime) -> int:
     async with rt.db.transaction() as conn:
         due = await approvals.due_for_expiry(conn, now=datetime.now(UTC))
         expired = 0
-        for approval_id in due:
+        for approval in due:
             done = await resolve(
-                conn, approval_id, status="expired", decided_by=None, reason=None, arguments=None
+                conn, approval, status="expired", decided_by=None, reason=None, arguments=None
             )
             expired += done is not None
     if expired:

@@ -289,6 +289,7 @@ async def cancel_run(executor: RunExecutor, principal: Principal, run_id: uuid.U
     rt = executor.rt
     now = datetime.now(UTC)
     async with rt.db.transaction() as conn:
+        # The run's lock before its approvals', as a decision takes them (services/approvals).
         run = await owned_run(conn, principal, run_id, lock=True)
         if run.status in ("pending", "awaiting_approval"):
             await approvals.cancel_pending(conn, run_id, now=now)

@@ -115,16 +115,21 @@ async def decide(
 
 async def due_for_expiry(
     conn: AsyncConnection, *, now: datetime, limit: int = 100
-) -> list[uuid.UUID]:
+) -> list[ApprovalRecord]:
+    """Pending approvals past their expiry, by run: expiring them locks their runs in one
+    order, so two workers expiring at once cannot deadlock."""
     rows = await conn.execute(
-        select(approvals.c.id)
+        select(approvals)
         .where(approvals.c.status == "pending", approvals.c.expires_at <= now)
+        .order_by(approvals.c.run_id, approvals.c.id)
         .limit(limit)
     )
-    return [r.id for r in rows]
+    return [ApprovalRecord(**dict(r)) for r in rows.mappings()]
 
 
 async def cancel_pending(conn: AsyncConnection, run_id: uuid.UUID, *, now: datetime) -> None:
+    """Cancel the run's pending approvals. Hold the run's row lock first (get_run with
+    `lock`), as every writer of approvals does: the other order deadlocks."""
     await conn.execute(
         update(approvals)
         .where(approvals.c.run_id == run_id, approvals.c.status == "pending")
