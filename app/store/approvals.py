@@ -11,6 +11,7 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.runner.protocols import ApprovalDecision, ApprovalRequest
+from app.store.db import fitted
 from app.store.models import Approval
 
 approvals = cast(Table, Approval.__table__)
@@ -50,7 +51,7 @@ async def insert_approval(
             run_id=run_id,
             user_id=user_id,
             tool_call_key=request.key,
-            call_id=request.call_id,
+            call_id=fitted(request.call_id, approvals.c.call_id),
             tool=request.tool,
             arguments=request.arguments,
             status="pending",

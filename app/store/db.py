@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import orjson
 from asyncpg import exceptions as pg_errors
-from sqlalchemy import event, text
+from sqlalchemy import ColumnElement, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -52,6 +52,14 @@ def json_dumps(value: object) -> str:
     if "\\u0000" in out:
         out = _NUL_ESCAPE.sub(r"\1\\ufffd", out)
     return out
+
+
+def fitted(value: str, column: ColumnElement[str]) -> str:
+    """A model's `value` (a tool name, a call id) as `column` can hold it: NUL characters as
+    U+FFFD, cut to the column's length. For the trace only: the run keeps the whole value."""
+    value = value.replace("\x00", "\ufffd")
+    length = getattr(column.type, "length", None)
+    return value if length is None else value[:length]
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -9,6 +9,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.runner.protocols import LLMCallRecord, ToolCallRecord
+from app.store.db import fitted
 from app.store.runs import tool_calls_t
 from app.store.tool_sets import ToolSetRow, split_request
 
@@ -46,8 +47,8 @@ def tool_call_row(run_id: uuid.UUID, record: ToolCallRecord) -> dict[str, object
         "idempotency_key": record.key,
         "turn": record.turn,
         "call_index": record.index,
-        "call_id": record.call_id,
-        "name": record.name,
+        "call_id": fitted(record.call_id, tool_calls_t.c.call_id),
+        "name": fitted(record.name, tool_calls_t.c.name),
         "arguments": record.arguments,
         "status": record.status,
         "result": record.result,

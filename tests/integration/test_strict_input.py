@@ -7,6 +7,7 @@ import pytest
 from httpx import AsyncClient
 
 from tests.conftest import ALICE, ROOT, SettingsFactory
+from tests.fakes.llm_server import TextReply, ToolCallReply, serve_fake_openai
 from tests.support.app import running_app
 
 PROBLEM = "application/problem+json"
@@ -118,3 +119,51 @@ async def test_times_beyond_what_a_window_can_hold_are_422(client: AsyncClient, 
     response = await client.get(query, headers=ROOT)
     assert response.status_code == 422, response.text
     assert "between 1970-01-01 and 9000-01-01" in response.json()["detail"]
+
+
+async def test_a_model_answering_unstorable_tool_call_names_and_ids_does_not_break_its_run(
+    make_settings: SettingsFactory,
+) -> None:
+    long_name, long_id = "n" * 300, "c" * 300
+    async with serve_fake_openai() as fake:
+        fake.enqueue(
+            ToolCallReply(long_name, {"expression": "1+1"}, call_id=long_id),
+            ToolCallReply("calc\u0000ulator", {"expression": "1+1"}, call_id="call\u00002"),
+            TextReply("gave up"),
+        )
+        settings = make_settings(
+            default_model="openai/gpt-4o-mini",
+            openai_base_url=fake.base_url,
+            openai_api_key="sk-test",
+        )
+        async with running_app(settings) as client:
+            response = await client.post(
+                "/agent", json={"agent": "assistant", "input": "hi"}, headers=ALICE
+            )
+            run = response.json()
+            assert run["status"] == "completed", run
+            trace = (await client.get(f"/agent/runs/{run['job_id']}/trace", headers=ALICE)).json()
+        assert [t["status"] for t in trace["tool_calls"]] == ["refused", "refused"]
+        # The provider gets its own ids back, whole.
+        assert fake.requests[1]["messages"][-1]["tool_call_id"] == long_id  # type: ignore[index]
+
+
+async def test_an_approval_for_a_call_with_an_overlong_id_is_stored(
+    make_settings: SettingsFactory,
+) -> None:
+    async with serve_fake_openai() as fake:
+        fake.enqueue(ToolCallReply("delete_file", {"path": "a.txt"}, call_id="c" * 300))
+        settings = make_settings(
+            default_model="openai/gpt-4o-mini",
+            openai_base_url=fake.base_url,
+            openai_api_key="sk-test",
+        )
+        async with running_app(settings) as client:
+            response = await client.post(
+                "/agent", json={"agent": "assistant", "input": "hi"}, headers=ALICE
+            )
+            assert response.status_code == 202, response.text
+            run = response.json()
+            assert run["status"] == "awaiting_approval", run
+            (approval,) = run["pending_approvals"]
+            assert approval["tool"] == "delete_file"
