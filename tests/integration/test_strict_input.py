@@ -3,11 +3,13 @@ nothing; a tool that returns such text does not break its run. On SQLite and Pos
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from httpx import AsyncClient
+from httpx import AsyncClient, Response
 
 from tests.conftest import ALICE, ROOT, SettingsFactory
-from tests.fakes.llm_server import TextReply, ToolCallReply, serve_fake_openai
+from tests.fakes.llm_server import FakeLLMServer, TextReply, ToolCallReply, serve_fake_openai
 from tests.support.app import running_app
 
 PROBLEM = "application/problem+json"
@@ -121,16 +123,12 @@ async def test_times_beyond_what_a_window_can_hold_are_422(client: AsyncClient, 
     assert "between 1970-01-01 and 9000-01-01" in response.json()["detail"]
 
 
-async def test_a_model_answering_unstorable_tool_call_names_and_ids_does_not_break_its_run(
-    make_settings: SettingsFactory,
-) -> None:
-    long_name, long_id = "n" * 300, "c" * 300
+async def run_against(
+    make_settings: SettingsFactory, *replies: TextReply | ToolCallReply
+) -> tuple[Response, dict[str, Any], FakeLLMServer]:
+    """POST /agent with the model answering `replies`: the answer, the run's trace, the model."""
     async with serve_fake_openai() as fake:
-        fake.enqueue(
-            ToolCallReply(long_name, {"expression": "1+1"}, call_id=long_id),
-            ToolCallReply("calc\u0000ulator", {"expression": "1+1"}, call_id="call\u00002"),
-            TextReply("gave up"),
-        )
+        fake.enqueue(*replies)
         settings = make_settings(
             default_model="openai/gpt-4o-mini",
             openai_base_url=fake.base_url,
@@ -140,30 +138,35 @@ async def test_a_model_answering_unstorable_tool_call_names_and_ids_does_not_bre
             response = await client.post(
                 "/agent", json={"agent": "assistant", "input": "hi"}, headers=ALICE
             )
-            run = response.json()
-            assert run["status"] == "completed", run
-            trace = (await client.get(f"/agent/runs/{run['job_id']}/trace", headers=ALICE)).json()
-        assert [t["status"] for t in trace["tool_calls"]] == ["refused", "refused"]
-        # The provider gets its own ids back, whole.
-        assert fake.requests[1]["messages"][-1]["tool_call_id"] == long_id  # type: ignore[index]
+            job = response.json()["job_id"]
+            trace = (await client.get(f"/agent/runs/{job}/trace", headers=ALICE)).json()
+    return response, trace, fake
+
+
+async def test_a_model_answering_unstorable_tool_call_names_and_ids_does_not_break_its_run(
+    make_settings: SettingsFactory,
+) -> None:
+    long_name, long_id = "n" * 300, "c" * 300
+    response, trace, fake = await run_against(
+        make_settings,
+        ToolCallReply(long_name, {"expression": "1+1"}, call_id=long_id),
+        ToolCallReply("calc\u0000ulator", {"expression": "1+1"}, call_id="call\u00002"),
+        TextReply("gave up"),
+    )
+    assert response.json()["status"] == "completed", response.text
+    assert [t["status"] for t in trace["tool_calls"]] == ["refused", "refused"]
+    # The provider gets its own ids back, whole.
+    assert fake.requests[1]["messages"][-1]["tool_call_id"] == long_id  # type: ignore[index]
 
 
 async def test_an_approval_for_a_call_with_an_overlong_id_is_stored(
     make_settings: SettingsFactory,
 ) -> None:
-    async with serve_fake_openai() as fake:
-        fake.enqueue(ToolCallReply("delete_file", {"path": "a.txt"}, call_id="c" * 300))
-        settings = make_settings(
-            default_model="openai/gpt-4o-mini",
-            openai_base_url=fake.base_url,
-            openai_api_key="sk-test",
-        )
-        async with running_app(settings) as client:
-            response = await client.post(
-                "/agent", json={"agent": "assistant", "input": "hi"}, headers=ALICE
-            )
-            assert response.status_code == 202, response.text
-            run = response.json()
-            assert run["status"] == "awaiting_approval", run
-            (approval,) = run["pending_approvals"]
-            assert approval["tool"] == "delete_file"
+    response, _, _ = await run_against(
+        make_settings, ToolCallReply("delete_file", {"path": "a.txt"}, call_id="c" * 300)
+    )
+    assert response.status_code == 202, response.text
+    run = response.json()
+    assert run["status"] == "awaiting_approval", run
+    (approval,) = run["pending_approvals"]
+    assert approval["tool"] == "delete_file"
