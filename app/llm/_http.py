@@ -1,7 +1,7 @@
 """Wire plumbing shared by the HTTP providers: POST JSON, read SSE, map failures.
 
-Every httpx exception and non-2xx answer leaves this module as a typed
-`ProviderError`, so the provider modules only translate shapes.
+Every transport failure, malformed or oversized answer and non-2xx status leaves this
+module as a typed `ProviderError`, so the provider modules only translate shapes.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+import aiohttp
 import httpx
 import orjson
 
@@ -23,9 +24,17 @@ from app.llm.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from app.llm.types import JsonObject
+from app.llm.types import JsonObject, TokenUsage
 
 _MAX_ERROR_TEXT = 500
+MAX_ANSWER_BYTES = 8 * 2**20
+"""The most of one answer (or of one streamed event) read, decompressed: a model's longest
+answer is well under 1 MiB; more is a broken or hostile server, not read into memory."""
+MAX_CALL_TOKENS = 100_000_000
+"""More tokens than any model's window: a usage above it cannot be true."""
+_WIRE_ERRORS = (httpx.TransportError, httpx.DecodingError, aiohttp.ClientError)
+"""What a broken connection or a malformed HTTP answer raises: the aiohttp transport lets
+some of aiohttp's own errors through (a bad status line, a bad header)."""
 
 
 def as_object(value: object) -> JsonObject:
@@ -75,15 +84,15 @@ async def post_json(
 ) -> JsonObject:
     """POST `body` and return the JSON object answered, or raise a `ProviderError`."""
     try:
-        response = await http.post(
-            url, content=orjson.dumps(body), headers=headers, timeout=timeout_s
-        )
-    except httpx.TransportError as exc:
+        async with http.stream(
+            "POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout_s
+        ) as response:
+            content = await _read_capped(response, provider)
+    except _WIRE_ERRORS as exc:
         raise _transport_error(exc, provider) from exc
-    if response.status_code >= 400:
-        raise _status_error(response, provider)
+    _check_status(response, content, provider)
     try:
-        value: object = orjson.loads(response.content)
+        value: object = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         raise ProviderServerError(
             f"{provider} answered malformed JSON", provider=provider, status_code=200
@@ -113,18 +122,74 @@ async def stream_events(
         async with http.stream(
             "POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout_s
         ) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise _status_error(response, provider)
-            async for line in response.aiter_lines():
+            if response.status_code >= 300:
+                _check_status(response, await _read_capped(response, provider), provider)
+            async for line in _lines(response, provider):
                 if not line.startswith("data:"):
                     continue  # `event:` names repeat the payload's `type`; comments are pings
                 data = line[len("data:") :].strip()
                 if data == "[DONE]":
                     return
                 yield _parse_event(data, provider)
-    except httpx.TransportError as exc:
+    except _WIRE_ERRORS as exc:
         raise _transport_error(exc, provider) from exc
+
+
+async def _read_capped(response: httpx.Response, provider: str) -> bytes:
+    """The answer's body, decompressed, if it is at most `MAX_ANSWER_BYTES`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _oversized(provider)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _lines(response: httpx.Response, provider: str) -> AsyncGenerator[str, None]:
+    """The streamed answer's lines, each at most `MAX_ANSWER_BYTES` (characters)."""
+    pending: list[str] = []
+    size = 0
+    async for text in response.aiter_text():
+        *ended, rest = text.split("\n")
+        for piece in ended:
+            pending.append(piece)
+            yield "".join(pending).rstrip("\r")
+            pending.clear()
+            size = 0
+        size += len(rest)
+        if size > MAX_ANSWER_BYTES:
+            raise _oversized(provider)
+        if rest:
+            pending.append(rest)
+    if pending:
+        yield "".join(pending).rstrip("\r")
+
+
+def _oversized(provider: str) -> ProviderError:
+    return ProviderServerError(
+        f"{provider} answered more than {MAX_ANSWER_BYTES // 2**20} MiB; not read further",
+        provider=provider,
+        status_code=200,
+    )
+
+
+def plausible(usage: TokenUsage, provider: str) -> TokenUsage:
+    """`usage` as the provider reported it, if it can be true: no count negative or beyond
+    `MAX_CALL_TOKENS`, cache reads and writes within the input. Else the answer is malformed
+    (it would be billed to the user)."""
+    counts = (usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+    if (
+        any(not 0 <= n <= MAX_CALL_TOKENS for n in (*counts, usage.cache_write_tokens))
+        or usage.cached_tokens + usage.cache_write_tokens > usage.input_tokens
+    ):
+        raise ProviderServerError(
+            f"{provider} reported impossible token usage: {usage.model_dump()}",
+            provider=provider,
+            status_code=200,
+        )
+    return usage
 
 
 def _parse_event(data: str, provider: str) -> JsonObject:
@@ -141,7 +206,7 @@ def _parse_event(data: str, provider: str) -> JsonObject:
     return event
 
 
-def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
+def _transport_error(exc: Exception, provider: str) -> ProviderError:
     # The aiohttp transport reports a refused connection as ConnectTimeout; its cause,
     # an OSError that is not a TimeoutError, tells the truth.
     cause = exc.__cause__
@@ -151,30 +216,43 @@ def _transport_error(exc: httpx.TransportError, provider: str) -> ProviderError:
     return ProviderUnavailable(f"{provider} unreachable: {exc!r}", provider=provider)
 
 
-def _status_error(response: httpx.Response, provider: str) -> ProviderError:
+def _check_status(response: httpx.Response, content: bytes, provider: str) -> None:
+    """Raise the typed error of a non-2xx answer whose body is `content`."""
     status = response.status_code
-    detail = _error_message(response)
+    if status < 300:
+        return
+    if status < 400:
+        # Redirects are not followed (the client is shared): a base URL to correct.
+        where = response.headers.get("location", "nowhere")
+        raise ProviderBadRequest(
+            f"{provider} answered {status}, a redirect to {where[:200]}, which is not followed;"
+            " check the provider's base URL",
+            provider=provider,
+            status_code=status,
+        )
+    detail = _error_message(response, content)
     message = f"{provider} answered {status}: {detail}"
     if status == 429:
-        return ProviderRateLimited(
+        raise ProviderRateLimited(
             message,
             provider=provider,
             status_code=status,
             retry_after_s=retry_after_s(response.headers),
         )
     if status in (401, 403):
-        return ProviderAuthError(message, provider=provider, status_code=status)
+        raise ProviderAuthError(message, provider=provider, status_code=status)
     if status >= 500:
-        return ProviderServerError(message, provider=provider, status_code=status)
-    return ProviderBadRequest(message, provider=provider, status_code=status)
+        raise ProviderServerError(message, provider=provider, status_code=status)
+    raise ProviderBadRequest(message, provider=provider, status_code=status)
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: httpx.Response, content: bytes) -> str:
+    text = content[: _MAX_ERROR_TEXT * 4].decode(errors="replace")[:_MAX_ERROR_TEXT]
     try:
-        body: object = orjson.loads(response.content)
+        body: object = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return response.text[:_MAX_ERROR_TEXT] or response.reason_phrase
-    return _error_message_from(as_object(body)) or response.text[:_MAX_ERROR_TEXT]
+        return text or response.reason_phrase
+    return _error_message_from(as_object(body)) or text
 
 
 def _error_message_from(body: JsonObject) -> str | None:

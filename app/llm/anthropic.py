@@ -18,6 +18,7 @@ from app.llm._http import (
     as_objects,
     as_str,
     parse_arguments,
+    plausible,
     post_json,
     stream_events,
 )
@@ -79,7 +80,7 @@ class AnthropicProvider:
                 timeout_s=self._timeout_s,
                 provider=self.name,
             )
-            return parse_response(answer, request=request)
+            return parse_response(answer, request=request, provider=self.name)
         body["stream"] = True
         stream = _StreamState(model=request.model)
         events = stream_events(
@@ -159,7 +160,7 @@ def _blocks(message: Message) -> list[JsonObject]:
     return blocks
 
 
-def parse_response(answer: JsonObject, *, request: LLMRequest) -> LLMResponse:
+def parse_response(answer: JsonObject, *, request: LLMRequest, provider: str) -> LLMResponse:
     """An `LLMResponse` from a non-streaming Messages API answer."""
     texts: list[str] = []
     calls: list[ToolCall] = []
@@ -179,7 +180,7 @@ def parse_response(answer: JsonObject, *, request: LLMRequest) -> LLMResponse:
         message=Message(
             role="assistant", content="".join(texts) if texts else None, tool_calls=tuple(calls)
         ),
-        usage=parse_usage(as_object(answer.get("usage"))),
+        usage=plausible(parse_usage(as_object(answer.get("usage"))), provider),
         finish_reason=as_str(answer.get("stop_reason")),
         model=as_str(answer.get("model")) or request.model,
     )
@@ -273,7 +274,7 @@ class _StreamState:
                 content="".join(texts) if texts else None,
                 tool_calls=tuple(calls),
             ),
-            usage=parse_usage(self.usage),
+            usage=plausible(parse_usage(self.usage), provider),
             finish_reason=self.stop_reason,
             model=self.model,
         )

@@ -19,6 +19,7 @@ from app.llm._http import (
     as_objects,
     as_str,
     parse_arguments,
+    plausible,
     post_json,
     stream_events,
 )
@@ -163,7 +164,7 @@ def parse_response(answer: JsonObject, *, request: LLMRequest, provider: str) ->
         message=Message(
             role="assistant", content=as_str(wire.get("content")), tool_calls=tuple(calls)
         ),
-        usage=parse_usage(answer.get("usage")),
+        usage=plausible(parse_usage(answer.get("usage")), provider),
         finish_reason=as_str(choice.get("finish_reason")),
         model=as_str(answer.get("model")) or request.model,
     )
@@ -260,7 +261,7 @@ class _StreamState:
                 content="".join(self.content) if self.content else None,
                 tool_calls=tuple(calls),
             ),
-            usage=self.usage,
+            usage=plausible(self.usage, provider),
             finish_reason=self.finish_reason,
             model=self.model,
         )

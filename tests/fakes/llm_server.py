@@ -74,7 +74,7 @@ class ErrorReply:
 
     status: int
     message: str = "fake error"
-    body: str | None = None
+    body: str | bytes | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
 

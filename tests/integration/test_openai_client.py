@@ -301,3 +301,66 @@ async def test_a_stream_cut_short_is_a_server_error(
 
     with pytest.raises(ProviderServerError, match="ended before"):
         await provider.complete(ask(), on_delta=Deltas())
+
+
+BIG = b"x" * (9 * 2**20)
+COMPLETION = b'{"choices": [{"message": {"role": "assistant", "content": "hi"}}]}'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("reply", "error", "fragment"),
+    [
+        # Bytes that are no gzip, sent as gzip: the transport's decoding error.
+        (
+            ErrorReply(200, body="garbage", headers={"content-encoding": "gzip"}),
+            ProviderUnavailable,
+            "unreachable",
+        ),
+        (ErrorReply(200, body=b'{"x": "' + BIG + b'"}'), ProviderServerError, "more than 8 MiB"),
+        (
+            ErrorReply(302, body=COMPLETION, headers={"location": "http://elsewhere/v1"}),
+            ProviderBadRequest,
+            "redirect",
+        ),
+    ],
+)
+async def test_broken_oversized_and_redirected_answers_are_typed_errors(
+    provider: OpenAIProvider,
+    fake: FakeLLMServer,
+    reply: ErrorReply,
+    error: type[ProviderError],
+    fragment: str,
+    stream: bool,
+) -> None:
+    fake.enqueue(reply)
+    with pytest.raises(error, match=fragment):
+        await provider.complete(ask(), on_delta=Deltas() if stream else None)
+
+
+async def test_an_endless_streamed_line_is_not_read_into_memory(
+    provider: OpenAIProvider, fake: FakeLLMServer
+) -> None:
+    fake.enqueue(
+        ErrorReply(200, body=b"data: " + BIG, headers={"content-type": "text/event-stream"})
+    )
+    with pytest.raises(ProviderServerError, match="more than 8 MiB"):
+        await provider.complete(ask(), on_delta=Deltas())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage(input_tokens=2**31, output_tokens=5),
+        Usage(input_tokens=-1000, output_tokens=5),
+        Usage(input_tokens=10, output_tokens=-5),
+        Usage(input_tokens=10, output_tokens=5, cached_tokens=10**8),
+    ],
+)
+async def test_impossible_usage_is_a_malformed_answer(
+    provider: OpenAIProvider, fake: FakeLLMServer, usage: Usage, stream: bool
+) -> None:
+    fake.enqueue(TextReply("hi", usage=usage))
+    with pytest.raises(ProviderServerError, match="impossible token usage"):
+        await provider.complete(ask(), on_delta=Deltas() if stream else None)
