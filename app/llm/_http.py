@@ -115,8 +115,8 @@ async def stream_events(
 ) -> AsyncGenerator[JsonObject, None]:
     """POST `body` and yield the JSON object of each SSE `data:` line until `[DONE]`.
 
-    `timeout_s` bounds each wait for bytes, not the whole stream: a long answer
-    that keeps streaming is healthy. Use with `contextlib.aclosing`.
+    `timeout_s` bounds each wait for bytes here; the retry layer bounds the whole attempt
+    (`AGENTSVC_LLM_TIMEOUT_S`), streamed or not. Use with `contextlib.aclosing`.
     """
     try:
         async with http.stream(
