@@ -27,7 +27,9 @@ def render_webhook(event_type: str, view: RunView) -> str:
 
 
 class WebhookDispatcher:
-    """Claims due deliveries and sends them; many dispatchers may share one outbox."""
+    """Claims due deliveries and sends them, up to `batch` at once, each on its own: a
+    receiver that never answers holds one slot for its timeout, never the others. Many
+    dispatchers may share one outbox."""
 
     def __init__(
         self,
@@ -47,16 +49,36 @@ class WebhookDispatcher:
         self._timeout_s = timeout_s
         self._batch = batch
         self._rng = rng or random.Random()
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def deliver_due(self) -> int:
-        """Send every delivery that is due now; the number attempted."""
+        """Start sending the deliveries due now, as many as free slots allow; the number
+        started (0 when none is due or every slot is busy)."""
+        free = self._batch - len(self._sending)
+        if free <= 0:
+            return 0
         now = datetime.now(UTC)
         async with self._db.transaction() as conn:
-            due = await webhooks.claim_due(
-                conn, now=now, limit=self._batch, lock_s=self._timeout_s * 3
-            )
-        await asyncio.gather(*(self._attempt(d) for d in due))
+            due = await webhooks.claim_due(conn, now=now, limit=free, lock_s=self._timeout_s * 3)
+        for delivery in due:
+            task = asyncio.create_task(self._attempt_logged(delivery))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         return len(due)
+
+    async def stop_sending(self) -> None:
+        """Abandon the attempts under way (the process is stopping): each stays pending and
+        is sent again, with the same webhook-id, once its claim lapses."""
+        for task in self._sending:
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _attempt_logged(self, delivery: Delivery) -> None:
+        try:
+            await self._attempt(delivery)
+        except Exception:
+            # Its claim lapses and another attempt follows (the row is still pending).
+            log.warning("webhook %s: attempt failed", delivery.id, exc_info=True)
 
     async def _attempt(self, delivery: Delivery) -> None:
         body = delivery.body

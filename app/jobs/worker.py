@@ -156,3 +156,4 @@ class Worker:
                 sent = 0
             if not sent:
                 await wait_any(poll_s, self.stopping)
+        await dispatcher.stop_sending()

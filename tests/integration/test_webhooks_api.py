@@ -229,6 +229,21 @@ async def test_slow_receiver_times_out_and_is_retried(
         assert run.webhook == state(receiver.url, "delivered", 2, code=200)
 
 
+async def test_a_receiver_that_never_answers_holds_up_no_other_delivery(
+    make_settings: SettingsFactory, receiver: Receiver
+) -> None:
+    receiver.answers.append(Answer(delay_s=120))
+    async with running_app(webhook_settings(make_settings, webhook_timeout_s=60)) as api:
+        stuck = await submit(api, receiver.url)
+        await receiver.wait_for(1)  # its attempt is under way, and will be for a minute
+        prompt = await submit(api, receiver.url)
+        run = await run_when(api, prompt, webhook_is("delivered"))
+        assert run.webhook == state(receiver.url, "delivered", 1, code=200)
+        waiting = await get_run(api, stuck)
+        assert waiting.webhook is not None
+        assert (waiting.webhook.status, waiting.webhook.attempts) == ("pending", 0)
+
+
 async def test_sync_run_with_a_webhook_is_delivered_too(
     api: AsyncClient, receiver: Receiver
 ) -> None:
