@@ -126,11 +126,13 @@ class StreamHub:
             return
         async with self.db.read() as conn:
             ends = await log_ends(conn, idle)
-        for run_id, end in ends.items():
+        for run_id in idle:
+            end = ends.get(run_id)
             for sub in fanout.readers(str(run_id)):
-                # A finished run's reader is told too: it may be past the end, where no
-                # event will ever come (a Last-Event-ID beyond the run's last).
-                if sub.cursor < end.next_seq - 1 or end.finished:
+                # The reader of a deleted run, or of a finished one, is told too: no event
+                # may ever come to it (its session was deleted; a Last-Event-ID beyond the
+                # run's last), and a look at the log ends its stream.
+                if end is None or end.finished or sub.cursor < end.next_seq - 1:
                     sub.nudge()
 
 

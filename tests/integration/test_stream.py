@@ -8,14 +8,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from sqlalchemy import delete
 
 from app.main import create_app
+from app.store.db import create_engine
+from app.store.runs import runs
 from tests.conftest import ALICE, BOB, SettingsFactory
 from tests.fakes.loopback import serve_app
 from tests.fakes.script_server import script_app
@@ -155,6 +159,26 @@ async def test_stream_access_is_the_runs_owner_or_its_token(server: Server) -> N
     for bad in (b"x", b"3_0", b"-2", b"2147483648", "\u0663".encode()):
         bad_id = await server.client.get(f"/agent/stream/{job}", headers={b"Last-Event-ID": bad})
         assert bad_id.status_code == 422, bad
+
+
+async def test_a_stream_ends_when_its_run_is_deleted(server: Server, db_url: str) -> None:
+    submitted = await server.client.post(
+        "/agent/submit", json={"agent": "assistant", "input": "delete the file big.txt"}
+    )
+    job = submitted.json()["job_id"]
+    async with server.client.stream("GET", f"/agent/stream/{job}") as response:
+        events = parse(response)
+        async for event in events:
+            if event.event == "approval.required":
+                break
+        # Gone with its session, say, without a terminal event the stream could have seen.
+        engine = create_engine(db_url)
+        async with engine.begin() as conn:
+            await conn.execute(delete(runs).where(runs.c.id == uuid.UUID(job)))
+        await engine.dispose()
+        async with asyncio.timeout(15):
+            rest = [event async for event in events]
+    assert [e.event for e in rest if e.event in TERMINAL] == []
 
 
 async def test_a_resume_past_the_last_event_ends_with_the_run(server: Server) -> None:
