@@ -179,9 +179,14 @@ def plausible(usage: TokenUsage, provider: str) -> TokenUsage:
     """`usage` as the provider reported it, if it can be true: no count negative or beyond
     `MAX_CALL_TOKENS`, cache reads and writes within the input. Else the answer is malformed
     (it would be billed to the user)."""
-    counts = (usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+    )
     if (
-        any(not 0 <= n <= MAX_CALL_TOKENS for n in (*counts, usage.cache_write_tokens))
+        any(not 0 <= n <= MAX_CALL_TOKENS for n in counts)
         or usage.cached_tokens + usage.cache_write_tokens > usage.input_tokens
     ):
         raise ProviderServerError(

@@ -113,9 +113,6 @@ class Follower:
         for event in events:
             if event.seq > sub.cursor:
                 self.held.setdefault(event.seq, event)
-            elif event.type in TERMINAL_EVENTS:
-                # The reader resumed after the run's end (a Last-Event-ID past it).
-                self.ended = True
         if len(self.held) > HOLD_LIMIT:
             # A reader this far behind catches up from the log instead.
             self.held.clear()

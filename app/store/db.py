@@ -15,6 +15,8 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from app.runner.tool_exec import storable
+
 _UNREACHABLE = (
     OSError,
     TimeoutError,
@@ -55,9 +57,9 @@ def json_dumps(value: object) -> str:
 
 
 def fitted(value: str, column: ColumnElement[str]) -> str:
-    """A model's `value` (a tool name, a call id) as `column` can hold it: NUL characters as
-    U+FFFD, cut to the column's length. For the trace only: the run keeps the whole value."""
-    value = value.replace("\x00", "\ufffd")
+    """A model's `value` (a tool name, a call id) as `column` can hold it: storable (as tool
+    text is), cut to the column's length. For the trace only: the run keeps the whole value."""
+    value = storable(value)
     length = getattr(column.type, "length", None)
     return value if length is None else value[:length]
 
