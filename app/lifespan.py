@@ -15,7 +15,6 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from fastapi import FastAPI
-from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -34,6 +33,7 @@ from app.jobs.webhook_delivery import RetrySchedule
 from app.jobs.webhooks import WebhookDispatcher
 from app.jobs.worker import Worker
 from app.llm.providers import Providers, build_providers
+from app.llm.wire import ModelHttp
 from app.observability.multiprocess import check_sharing
 from app.services.auth import Authenticator
 from app.services.ratelimit import RateLimit
@@ -79,15 +79,12 @@ def validate_models(registry: AgentRegistry, providers: Providers, default_model
 
 
 def shared_http_client(*, timeout_s: float) -> httpx.AsyncClient:
-    """The one client for model calls and tools: httpx's API over aiohttp's connection
-    handling (a tenth of httpx's own CPU per call at high concurrency, BENCHMARKS.md). It
-    keeps no cookies: it serves every user's runs, so a cookie that a site gave one run's
-    tool must never go out with another run's request."""
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+    """The one client of the tools (`http_get`). It keeps no cookies: it serves every
+    user's runs, so a cookie that a site gave one run's tool must never go out with another
+    run's request. (Model calls have their own, `ModelHttp`.)"""
     return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits),
         timeout=httpx.Timeout(timeout_s, connect=10.0),
-        limits=limits,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
         follow_redirects=False,
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
@@ -148,8 +145,10 @@ async def open_services(settings: Settings, *, worker_capacity: int) -> AsyncIte
         stack.push_async_callback(db.dispose)
         http = shared_http_client(timeout_s=settings.llm_timeout_s)
         stack.push_async_callback(http.aclose)
+        model_http = ModelHttp()
+        stack.push_async_callback(model_http.aclose)
         providers = build_providers(
-            http=http,
+            http=model_http,
             openai_base_url=settings.openai_base_url,
             openai_api_key=_secret(settings.openai_api_key),
             anthropic_base_url=settings.anthropic_base_url,

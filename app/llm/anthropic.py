@@ -10,18 +10,6 @@ from __future__ import annotations
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-import httpx
-
-from app.llm._http import (
-    as_int,
-    as_object,
-    as_objects,
-    as_str,
-    parse_arguments,
-    plausible,
-    post_json,
-    stream_events,
-)
 from app.llm.errors import ProviderServerError
 from app.llm.types import (
     DeltaCallback,
@@ -31,6 +19,15 @@ from app.llm.types import (
     Message,
     TokenUsage,
     ToolCall,
+)
+from app.llm.wire import (
+    ModelHttp,
+    as_int,
+    as_object,
+    as_objects,
+    as_str,
+    parse_arguments,
+    plausible,
 )
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -51,7 +48,7 @@ class AnthropicProvider:
         self,
         name: str = "anthropic",
         *,
-        http: httpx.AsyncClient,
+        http: ModelHttp,
         base_url: str = "https://api.anthropic.com",
         api_key: str,
         timeout_s: float,
@@ -72,8 +69,7 @@ class AnthropicProvider:
         """Answer `request`; stream and call `on_delta` with text chunks when it is given."""
         body = build_body(request)
         if on_delta is None:
-            answer = await post_json(
-                self._http,
+            answer = await self._http.post_json(
                 self._url,
                 body=body,
                 headers=self._headers,
@@ -83,8 +79,7 @@ class AnthropicProvider:
             return parse_response(answer, request=request, provider=self.name)
         body["stream"] = True
         stream = _StreamState(model=request.model)
-        events = stream_events(
-            self._http,
+        events = self._http.stream_events(
             self._url,
             body=body,
             headers=self._headers,

@@ -1,7 +1,7 @@
 """Chat Completions client for OpenAI and every OpenAI-compatible server.
 
 vLLM, Ollama, llama.cpp and LiteLLM speak the same wire format, so one client
-over the shared httpx client serves them all. No SDK, no retries: the retry
+over the shared model HTTP client serves them all. No SDK, no retries: the retry
 layer above decides what to try again.
 """
 
@@ -10,19 +10,8 @@ from __future__ import annotations
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-import httpx
 import orjson
 
-from app.llm._http import (
-    as_int,
-    as_object,
-    as_objects,
-    as_str,
-    parse_arguments,
-    plausible,
-    post_json,
-    stream_events,
-)
 from app.llm.errors import ProviderServerError
 from app.llm.types import (
     DeltaCallback,
@@ -33,6 +22,15 @@ from app.llm.types import (
     TokenUsage,
     ToolCall,
 )
+from app.llm.wire import (
+    ModelHttp,
+    as_int,
+    as_object,
+    as_objects,
+    as_str,
+    parse_arguments,
+    plausible,
+)
 
 
 class OpenAIProvider:
@@ -42,7 +40,7 @@ class OpenAIProvider:
         self,
         name: str = "openai",
         *,
-        http: httpx.AsyncClient,
+        http: ModelHttp,
         base_url: str,
         api_key: str | None,
         timeout_s: float,
@@ -62,8 +60,7 @@ class OpenAIProvider:
         """Answer `request`; stream and call `on_delta` with text chunks when it is given."""
         body = build_body(request)
         if on_delta is None:
-            answer = await post_json(
-                self._http,
+            answer = await self._http.post_json(
                 self._url,
                 body=body,
                 headers=self._headers,
@@ -74,8 +71,7 @@ class OpenAIProvider:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         stream = _StreamState(model=request.model)
-        events = stream_events(
-            self._http,
+        events = self._http.stream_events(
             self._url,
             body=body,
             headers=self._headers,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import httpx
-
 from app.llm.anthropic import AnthropicProvider
 from app.llm.local import LocalProvider
 from app.llm.openai import OpenAIProvider
 from app.llm.types import ModelClient
+from app.llm.wire import ModelHttp
 from app.observability.timing import FirstTokenTimer
 
 
@@ -47,7 +46,7 @@ class Providers:
 
 def build_providers(
     *,
-    http: httpx.AsyncClient,
+    http: ModelHttp,
     openai_base_url: str,
     openai_api_key: str | None,
     anthropic_base_url: str,

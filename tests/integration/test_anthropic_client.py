@@ -5,10 +5,8 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
-from app.lifespan import shared_http_client
 from app.llm.anthropic import AnthropicProvider
 from app.llm.errors import (
     ProviderAuthError,
@@ -20,6 +18,7 @@ from app.llm.errors import (
     ProviderUnavailable,
 )
 from app.llm.types import LLMRequest, Message, TokenUsage, ToolCall
+from app.llm.wire import ModelHttp
 from tests.fakes.llm_server import (
     ErrorReply,
     FakeLLMServer,
@@ -39,14 +38,15 @@ async def fake() -> AsyncIterator[FakeLLMServer]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def http() -> AsyncIterator[ModelHttp]:
     # The client the service itself uses (see app/lifespan.py).
-    async with shared_http_client(timeout_s=5) as client:
-        yield client
+    client = ModelHttp()
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture
-def provider(fake: FakeLLMServer, http: httpx.AsyncClient) -> AnthropicProvider:
+def provider(fake: FakeLLMServer, http: ModelHttp) -> AnthropicProvider:
     return AnthropicProvider(http=http, base_url=fake.base_url, api_key="sk-ant-test", timeout_s=5)
 
 
@@ -248,7 +248,7 @@ async def test_http_errors_are_typed(
     assert caught.value.status_code == status
 
 
-async def test_connection_refused_is_unavailable(http: httpx.AsyncClient) -> None:
+async def test_connection_refused_is_unavailable(http: ModelHttp) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -262,7 +262,7 @@ async def test_connection_refused_is_unavailable(http: httpx.AsyncClient) -> Non
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_no_answer_within_the_timeout(
-    fake: FakeLLMServer, http: httpx.AsyncClient, stream: bool
+    fake: FakeLLMServer, http: ModelHttp, stream: bool
 ) -> None:
     provider = AnthropicProvider(http=http, base_url=fake.base_url, api_key="k", timeout_s=0.2)
     fake.enqueue(HangReply())

@@ -7,10 +7,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-import httpx
 import pytest
 
-from app.lifespan import shared_http_client
 from app.llm.errors import (
     ProviderAuthError,
     ProviderBadRequest,
@@ -22,6 +20,7 @@ from app.llm.errors import (
 )
 from app.llm.openai import OpenAIProvider
 from app.llm.types import LLMRequest, Message, TokenUsage, ToolCall
+from app.llm.wire import ModelHttp
 from tests.fakes.llm_server import (
     ErrorReply,
     FakeLLMServer,
@@ -41,14 +40,15 @@ async def fake() -> AsyncIterator[FakeLLMServer]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def http() -> AsyncIterator[ModelHttp]:
     # The client the service itself uses (see app/lifespan.py).
-    async with shared_http_client(timeout_s=5) as client:
-        yield client
+    client = ModelHttp()
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture
-def provider(fake: FakeLLMServer, http: httpx.AsyncClient) -> OpenAIProvider:
+def provider(fake: FakeLLMServer, http: ModelHttp) -> OpenAIProvider:
     return OpenAIProvider(http=http, base_url=fake.base_url, api_key="sk-test", timeout_s=5)
 
 
@@ -259,7 +259,7 @@ async def test_malformed_json_is_a_server_error(
         await provider.complete(ask())
 
 
-async def test_connection_refused_is_unavailable(http: httpx.AsyncClient) -> None:
+async def test_connection_refused_is_unavailable(http: ModelHttp) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -273,7 +273,7 @@ async def test_connection_refused_is_unavailable(http: httpx.AsyncClient) -> Non
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_no_answer_within_the_timeout(
-    fake: FakeLLMServer, http: httpx.AsyncClient, stream: bool
+    fake: FakeLLMServer, http: ModelHttp, stream: bool
 ) -> None:
     provider = OpenAIProvider(http=http, base_url=fake.base_url, api_key=None, timeout_s=0.2)
     fake.enqueue(HangReply())
@@ -282,9 +282,7 @@ async def test_no_answer_within_the_timeout(
         await provider.complete(ask(), on_delta=Deltas() if stream else None)
 
 
-async def test_without_a_key_no_authorization_is_sent(
-    fake: FakeLLMServer, http: httpx.AsyncClient
-) -> None:
+async def test_without_a_key_no_authorization_is_sent(fake: FakeLLMServer, http: ModelHttp) -> None:
     provider = OpenAIProvider(http=http, base_url=fake.base_url, api_key=None, timeout_s=5)
 
     response = await provider.complete(ask())

@@ -1,14 +1,15 @@
-"""The HTTP client every run shares (model calls, the `http_get` tool) keeps no cookies: what
-a site set in one run's answer never goes out with another run's request."""
+"""The HTTP clients every run shares (the tools' and the model calls') keep no cookies: what a
+site or a model server set in one run's answer never goes out with another run's request."""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from app.lifespan import shared_http_client
+from app.llm.wire import ModelHttp
 from tests.fakes.loopback import serve_app
 
 
@@ -27,4 +28,33 @@ async def test_a_cookie_one_request_received_is_not_sent_with_the_next() -> None
             response = await http.get(f"{base_url}/")
             assert response.headers["set-cookie"].startswith("session=alice-secret")
         assert len(http.cookies.jar) == 0
+    assert seen == [None, None]
+
+
+async def test_a_cookie_a_model_server_set_is_not_sent_with_the_next_call() -> None:
+    seen: list[str | None] = []
+
+    async def complete(request: Request) -> JSONResponse:
+        seen.append(request.headers.get("cookie"))
+        response = JSONResponse({"ok": True})
+        response.set_cookie("session", "alice-secret")
+        return response
+
+    app = Starlette(routes=[Route("/v1/chat/completions", complete, methods=["POST"])])
+    http = ModelHttp()
+    try:
+        async with serve_app(app) as base_url:
+            # By name: a default cookie jar would refuse cookies from an IP address anyway.
+            url = base_url.replace("127.0.0.1", "localhost") + "/v1/chat/completions"
+            for _ in range(2):
+                answer = await http.post_json(
+                    url,
+                    body={},
+                    headers={},
+                    timeout_s=5,
+                    provider="openai",
+                )
+                assert answer == {"ok": True}
+    finally:
+        await http.aclose()
     assert seen == [None, None]

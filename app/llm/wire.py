@@ -6,13 +6,15 @@ module as a typed `ProviderError`, so the provider modules only translate shapes
 
 from __future__ import annotations
 
+import codecs
+import functools
 import math
 from collections.abc import AsyncGenerator, Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import aiohttp
-import httpx
 import orjson
 
 from app.llm.errors import (
@@ -32,9 +34,9 @@ MAX_ANSWER_BYTES = 8 * 2**20
 answer is well under 1 MiB; more is a broken or hostile server, not read into memory."""
 MAX_CALL_TOKENS = 100_000_000
 """More tokens than any model's window: a usage above it cannot be true."""
-_WIRE_ERRORS = (httpx.TransportError, httpx.DecodingError, aiohttp.ClientError)
-"""What a broken connection or a malformed HTTP answer raises: the aiohttp transport lets
-some of aiohttp's own errors through (a bad status line, a bad header)."""
+_WIRE_ERRORS = (aiohttp.ClientError, OSError)
+"""What a broken connection, a timeout or a malformed HTTP answer (a bad status line, a
+bad header, broken compression) raises; TimeoutError is an OSError."""
 
 
 def as_object(value: object) -> JsonObject:
@@ -73,73 +75,106 @@ def parse_arguments(text: str) -> tuple[JsonObject, str | None]:
     return {}, text
 
 
-async def post_json(
-    http: httpx.AsyncClient,
-    url: str,
-    *,
-    body: JsonObject,
-    headers: Mapping[str, str],
-    timeout_s: float,
-    provider: str,
-) -> JsonObject:
-    """POST `body` and return the JSON object answered, or raise a `ProviderError`."""
-    try:
-        async with http.stream(
-            "POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout_s
-        ) as response:
-            content = await _read_capped(response, provider)
-    except _WIRE_ERRORS as exc:
-        raise _transport_error(exc, provider) from exc
-    _check_status(response, content, provider)
-    try:
-        value: object = orjson.loads(content)
-    except orjson.JSONDecodeError as exc:
-        raise ProviderServerError(
-            f"{provider} answered malformed JSON", provider=provider, status_code=200
-        ) from exc
-    if not isinstance(value, dict):
-        raise ProviderServerError(
-            f"{provider} answered JSON that is not an object", provider=provider, status_code=200
+class ModelHttp:
+    """The one HTTP client of this process's model calls: pooled keep-alive connections
+    over aiohttp, shared by every provider and run. It keeps no cookies (a cookie one run's
+    answer set must never go out with another user's call) and follows no redirects.
+
+    aiohttp directly, not httpx over it: httpx's request and response models cost
+    160 µs of CPU per call on top of aiohttp's 60 (BENCHMARKS.md, 2026-11-29)."""
+
+    def __init__(self, *, max_connections: int = 200) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
-    return value
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+    async def post_json(
+        self,
+        url: str,
+        *,
+        body: JsonObject,
+        headers: Mapping[str, str],
+        timeout_s: float,
+        provider: str,
+    ) -> JsonObject:
+        """POST `body` and return the JSON object answered, or raise a `ProviderError`.
+        `timeout_s` bounds the connection and each wait for bytes."""
+        try:
+            async with self._post(url, body, headers, timeout_s) as response:
+                content = await _read_capped(response, provider)
+        except _WIRE_ERRORS as exc:
+            raise _transport_error(exc, provider) from exc
+        _check_status(response, content, provider)
+        try:
+            value: object = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderServerError(
+                f"{provider} answered malformed JSON", provider=provider, status_code=200
+            ) from exc
+        if not isinstance(value, dict):
+            raise ProviderServerError(
+                f"{provider} answered JSON that is not an object",
+                provider=provider,
+                status_code=200,
+            )
+        return value
+
+    async def stream_events(
+        self,
+        url: str,
+        *,
+        body: JsonObject,
+        headers: Mapping[str, str],
+        timeout_s: float,
+        provider: str,
+    ) -> AsyncGenerator[JsonObject, None]:
+        """POST `body` and yield the JSON object of each SSE `data:` line until `[DONE]`.
+
+        `timeout_s` bounds each wait for bytes here; the retry layer bounds the whole
+        attempt (`AGENTSVC_LLM_TIMEOUT_S`), streamed or not. Use with `contextlib.aclosing`.
+        """
+        try:
+            async with self._post(url, body, headers, timeout_s) as response:
+                if response.status >= 300:
+                    _check_status(response, await _read_capped(response, provider), provider)
+                async for line in _lines(response, provider):
+                    if not line.startswith("data:"):
+                        continue  # `event:` names repeat the payload's `type`; comments are pings
+                    data = line[len("data:") :].strip()
+                    if data == "[DONE]":
+                        return
+                    yield _parse_event(data, provider)
+        except _WIRE_ERRORS as exc:
+            raise _transport_error(exc, provider) from exc
+
+    def _post(
+        self, url: str, body: JsonObject, headers: Mapping[str, str], timeout_s: float
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        return self._session.post(
+            url,
+            data=orjson.dumps(body),
+            headers=headers,
+            timeout=_timeout(timeout_s),
+            allow_redirects=False,
+        )
 
 
-async def stream_events(
-    http: httpx.AsyncClient,
-    url: str,
-    *,
-    body: JsonObject,
-    headers: Mapping[str, str],
-    timeout_s: float,
-    provider: str,
-) -> AsyncGenerator[JsonObject, None]:
-    """POST `body` and yield the JSON object of each SSE `data:` line until `[DONE]`.
-
-    `timeout_s` bounds each wait for bytes here; the retry layer bounds the whole attempt
-    (`AGENTSVC_LLM_TIMEOUT_S`), streamed or not. Use with `contextlib.aclosing`.
-    """
-    try:
-        async with http.stream(
-            "POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout_s
-        ) as response:
-            if response.status_code >= 300:
-                _check_status(response, await _read_capped(response, provider), provider)
-            async for line in _lines(response, provider):
-                if not line.startswith("data:"):
-                    continue  # `event:` names repeat the payload's `type`; comments are pings
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    return
-                yield _parse_event(data, provider)
-    except _WIRE_ERRORS as exc:
-        raise _transport_error(exc, provider) from exc
+@functools.lru_cache(maxsize=16)
+def _timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+    )
 
 
-async def _read_capped(response: httpx.Response, provider: str) -> bytes:
+async def _read_capped(response: aiohttp.ClientResponse, provider: str) -> bytes:
     """The answer's body, decompressed, if it is at most `MAX_ANSWER_BYTES`."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
             raise _oversized(provider)
@@ -147,12 +182,13 @@ async def _read_capped(response: httpx.Response, provider: str) -> bytes:
     return b"".join(chunks)
 
 
-async def _lines(response: httpx.Response, provider: str) -> AsyncGenerator[str, None]:
-    """The streamed answer's lines, each at most `MAX_ANSWER_BYTES` (characters)."""
+async def _lines(response: aiohttp.ClientResponse, provider: str) -> AsyncGenerator[str, None]:
+    """The streamed answer's lines (UTF-8), each at most `MAX_ANSWER_BYTES` (characters)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending: list[str] = []
     size = 0
-    async for text in response.aiter_text():
-        *ended, rest = text.split("\n")
+    async for chunk in response.content.iter_any():
+        *ended, rest = decoder.decode(chunk).split("\n")
         for piece in ended:
             pending.append(piece)
             yield "".join(pending).rstrip("\r")
@@ -163,7 +199,8 @@ async def _lines(response: httpx.Response, provider: str) -> AsyncGenerator[str,
             raise _oversized(provider)
         if rest:
             pending.append(rest)
-    if pending:
+    pending.append(decoder.decode(b"", final=True))
+    if any(pending):
         yield "".join(pending).rstrip("\r")
 
 
@@ -212,18 +249,14 @@ def _parse_event(data: str, provider: str) -> JsonObject:
 
 
 def _transport_error(exc: Exception, provider: str) -> ProviderError:
-    # The aiohttp transport reports a refused connection as ConnectTimeout; its cause,
-    # an OSError that is not a TimeoutError, tells the truth.
-    cause = exc.__cause__
-    refused = isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
-    if isinstance(exc, httpx.TimeoutException) and not refused:
+    if isinstance(exc, TimeoutError):
         return ProviderTimeout(f"{provider} did not answer in time: {exc!r}", provider=provider)
     return ProviderUnavailable(f"{provider} unreachable: {exc!r}", provider=provider)
 
 
-def _check_status(response: httpx.Response, content: bytes, provider: str) -> None:
+def _check_status(response: aiohttp.ClientResponse, content: bytes, provider: str) -> None:
     """Raise the typed error of a non-2xx answer whose body is `content`."""
-    status = response.status_code
+    status = response.status
     if status < 300:
         return
     if status < 400:
@@ -251,12 +284,12 @@ def _check_status(response: httpx.Response, content: bytes, provider: str) -> No
     raise ProviderBadRequest(message, provider=provider, status_code=status)
 
 
-def _error_message(response: httpx.Response, content: bytes) -> str:
+def _error_message(response: aiohttp.ClientResponse, content: bytes) -> str:
     text = content[: _MAX_ERROR_TEXT * 4].decode(errors="replace")[:_MAX_ERROR_TEXT]
     try:
         body: object = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return text or response.reason_phrase
+        return text or response.reason or ""
     return _error_message_from(as_object(body)) or text
 
 
@@ -267,7 +300,7 @@ def _error_message_from(body: JsonObject) -> str | None:
     return as_str(as_object(error).get("message"))
 
 
-def retry_after_s(headers: httpx.Headers) -> float | None:
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
