@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import assert_never
 
-from app.llm.types import LLMResponse, ModelClient, ToolSpec
+from app.llm.types import LLMResponse, ModelClient
 from app.runner.errors import RunTimeout
 from app.runner.events import EventType, RunEvent
 from app.runner.protocols import (
@@ -65,11 +65,7 @@ class RunnerBase:
         self._elapsed_before = 0.0
         self._stop: StopReason | None = None
         self._inflight: asyncio.Future[LLMResponse] | None = None
-        self._tool_specs = tuple(
-            ToolSpec(name=t.name, description=t.description, parameters=t.json_schema())
-            for name in sorted(spec.tools)
-            if (t := tools.get(name)) is not None
-        )
+        self._offer = tools.offer(spec.tools)
 
     def stop(self, reason: StopReason) -> None:
         """Stop at the next step boundary; a cancel also aborts an in-flight LLM call."""

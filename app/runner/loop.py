@@ -77,11 +77,18 @@ class GuardedRunner(ToolSteps):
             provider=spec.provider,
             model=spec.model,
             messages=tuple(cp.messages),
-            tools=self._tool_specs,
-            tool_choice="auto" if self._tool_specs else None,
+            tools=self._offer.specs,
+            tool_choice="auto" if self._offer.specs else None,
             temperature=spec.temperature,
             max_output_tokens=spec.max_output_tokens,
         )
+
+    def _trace_request(self, request: LLMRequest) -> dict[str, object]:
+        """`request` as its trace row keeps it (JSON), its tools dumped once per set."""
+        trace = request.model_dump(mode="json", exclude_none=True, exclude={"tools"})
+        if request.tools:
+            trace["tools"] = list(self._offer.trace)
+        return trace
 
     def _delta_callback(
         self, cp: Checkpoint, deltas: list[RunEvent], redactor: StreamRedactor
@@ -169,7 +176,7 @@ class GuardedRunner(ToolSteps):
         answer = await self._call_model(request, on_delta)
         latency_ms = (self._clock() - started) * 1000
         await self._flush_deltas(cp, deltas, redactor)
-        trace_request = request.model_dump(mode="json", exclude_none=True)
+        trace_request = self._trace_request(request)
         if not isinstance(answer, LLMResponse):
             cp.usage.llm_calls += 1
             record = LLMCallRecord(

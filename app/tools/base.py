@@ -7,13 +7,15 @@ Tools are plain async functions over a validated pydantic model. They receive a
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 import httpx
 from pydantic import BaseModel
+
+from app.llm.types import JsonObject, ToolSpec
 
 
 class Risk(StrEnum):
@@ -74,16 +76,43 @@ def _schema_of(model: type[BaseModel]) -> dict[str, object]:
     return model.model_json_schema()
 
 
+@dataclass(frozen=True)
+class ToolOffer:
+    """Tools as a model is offered them, built once per set of names."""
+
+    specs: tuple[ToolSpec, ...]
+    """Sorted by name."""
+    trace: tuple[JsonObject, ...]
+    """The specs as a trace row's request holds them (JSON); shared, never to be changed."""
+
+
 @dataclass
 class ToolRegistry:
     """Every tool known to the service, by name."""
 
     tools: dict[str, Tool] = field(default_factory=dict)
+    _offers: dict[frozenset[str], ToolOffer] = field(default_factory=dict, repr=False)
 
     def add(self, tool: Tool) -> None:
         if tool.name in self.tools:
             raise ValueError(f"tool {tool.name!r} is registered twice")
         self.tools[tool.name] = tool
+        self._offers.clear()
 
     def get(self, name: str) -> Tool | None:
         return self.tools.get(name)
+
+    def offer(self, names: Iterable[str]) -> ToolOffer:
+        """The registered tools among `names`, as the model sees them (every run of an
+        agent version offers the same set: its schemas are built and dumped once)."""
+        key = frozenset(names)
+        offer = self._offers.get(key)
+        if offer is None:
+            specs = tuple(
+                ToolSpec(name=t.name, description=t.description, parameters=t.json_schema())
+                for name in sorted(key)
+                if (t := self.tools.get(name)) is not None
+            )
+            trace = tuple(s.model_dump(mode="json", exclude_none=True) for s in specs)
+            offer = self._offers[key] = ToolOffer(specs, trace)
+        return offer

@@ -403,3 +403,25 @@ def test_start_run_event_and_checkpoint() -> None:
     assert cp.next_seq == 1
     assert [m.role for m in cp.messages] == ["system", "user"]
     assert event.payload() == {"job_id": RUN_ID, "seq": 0, "type": "run.started", "a": 1}
+
+
+async def test_the_trace_keeps_the_whole_request_with_tools_built_once_per_set() -> None:
+    echo, other = CountingTool("echo"), CountingTool("other")
+    model = ScriptedModel([text("one"), text("two")])
+    store = MemoryStore()
+    runner = make_runner(model, store, [echo, other], allowed={"echo", "other", "missing"})
+    await runner.run(fresh())
+    await make_runner(model, store, [echo, other]).run(fresh())
+
+    calls = [s.llm_call for s in store.steps if s.llm_call is not None]
+    assert len(calls) == 2
+    # Exactly what the model was sent, tools included, sorted by name; unknown names left out.
+    for call, request in zip(calls, model.requests, strict=True):
+        assert call.request == request.model_dump(mode="json", exclude_none=True)
+        assert [t.name for t in request.tools] == ["echo", "other"]
+    registry = ToolRegistry()
+    registry.add(echo.tool())
+    offer = registry.offer({"echo", "missing"})
+    assert registry.offer(["missing", "echo"]) is offer
+    registry.add(other.tool())
+    assert [s.name for s in registry.offer({"echo", "other"}).specs] == ["echo", "other"]
