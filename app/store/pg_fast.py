@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from app.runner.events import RunEvent
 from app.store.db import is_unavailable, json_dumps
@@ -113,17 +114,19 @@ def events_text(events: Sequence[RunEvent]) -> str:
 
 @asynccontextmanager
 async def driver(engine: AsyncEngine) -> AsyncIterator[object]:
-    """The asyncpg connection under a pooled SQLAlchemy connection, outside any transaction."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        try:
-            yield raw.driver_connection
-        except Exception as exc:
-            # SQLAlchemy does not see the driver's errors: a dead connection must not go
-            # back to the pool for the next unit of work to fail on.
-            if is_unavailable(exc):
-                await conn.invalidate()
-            raise
+    """The asyncpg connection of a pooled connection, outside any transaction. Taken from
+    the pool raw: an SQLAlchemy Connection around it costs 40 µs of CPU per statement."""
+    pooled = await engine.raw_connection()
+    try:
+        yield pooled.driver_connection
+    except Exception as exc:
+        # SQLAlchemy does not see the driver's errors: a dead connection must not go
+        # back to the pool for the next unit of work to fail on.
+        if is_unavailable(exc):
+            await greenlet_spawn(pooled.invalidate, exc)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)
 
 
 async def start_run(
