@@ -128,7 +128,7 @@ async def _listeners(dsn: str, name: str) -> int:
         return int(
             await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
-                " AND query LIKE 'LISTEN %'",
+                " AND application_name LIKE 'agentsvc-listen %'",
                 name,
             )
         )
@@ -137,6 +137,6 @@ async def _listeners(dsn: str, name: str) -> int:
 
 
 def listeners(server: str, name: str) -> int:
-    """Sessions on database `name` whose last statement was LISTEN: one per agentsvc
-    process that is up and waiting for wake-ups."""
+    """The LISTEN sessions on database `name` (by their application name; their last
+    statement may be a liveness check): one per agentsvc process up and waiting for wake-ups."""
     return asyncio.run(_listeners(admin_dsn(server), name))
