@@ -87,6 +87,8 @@ class ModelHttp:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections),
             cookie_jar=aiohttp.DummyCookieJar(),
+            # HTTP(S)_PROXY and NO_PROXY apply, as they did with httpx.
+            trust_env=True,
         )
 
     async def aclose(self) -> None:

@@ -1,12 +1,15 @@
 """The HTTP clients every run shares (the tools' and the model calls') keep no cookies: what a
-site or a model server set in one run's answer never goes out with another run's request."""
+site or a model server set in one run's answer never goes out with another run's request. Model
+calls take the proxy of HTTP(S)_PROXY, as every client of the service did before."""
 
 from __future__ import annotations
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from app.lifespan import shared_http_client
 from app.llm.wire import ModelHttp
@@ -58,3 +61,34 @@ async def test_a_cookie_a_model_server_set_is_not_sent_with_the_next_call() -> N
     finally:
         await http.aclose()
     assert seen == [None, None]
+
+
+async def test_model_calls_go_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[str, bytes | None]] = []
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append((scope["path"], dict(scope["headers"]).get(b"host")))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"ok": true}'})
+
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    http = ModelHttp()
+    try:
+        async with serve_app(proxy) as proxy_url:
+            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            answer = await http.post_json(
+                "http://models.example/v1/chat/completions",
+                body={},
+                headers={},
+                timeout_s=5,
+                provider="openai",
+            )
+    finally:
+        await http.aclose()
+    assert answer == {"ok": True}
+    assert seen == [("http://models.example/v1/chat/completions", b"models.example")]
