@@ -21,6 +21,7 @@ from app.llm.types import (
     ToolCall,
 )
 from app.llm.wire import (
+    Endpoint,
     ModelHttp,
     as_int,
     as_object,
@@ -55,13 +56,16 @@ class AnthropicProvider:
     ) -> None:
         self.name = name
         self._http = http
-        self._url = base_url.rstrip("/") + "/v1/messages"
-        self._headers = {
-            "content-type": "application/json",
-            "x-api-key": api_key,
-            "anthropic-version": ANTHROPIC_VERSION,
-        }
-        self._timeout_s = timeout_s
+        self._endpoint = Endpoint(
+            url=base_url.rstrip("/") + "/v1/messages",
+            headers={
+                "content-type": "application/json",
+                "x-api-key": api_key,
+                "anthropic-version": ANTHROPIC_VERSION,
+            },
+            timeout_s=timeout_s,
+            provider=name,
+        )
 
     async def complete(
         self, request: LLMRequest, *, on_delta: DeltaCallback | None = None
@@ -69,23 +73,11 @@ class AnthropicProvider:
         """Answer `request`; stream and call `on_delta` with text chunks when it is given."""
         body = build_body(request)
         if on_delta is None:
-            answer = await self._http.post_json(
-                self._url,
-                body=body,
-                headers=self._headers,
-                timeout_s=self._timeout_s,
-                provider=self.name,
-            )
+            answer = await self._http.post_json(self._endpoint, body)
             return parse_response(answer, request=request, provider=self.name)
         body["stream"] = True
         stream = _StreamState(model=request.model)
-        events = self._http.stream_events(
-            self._url,
-            body=body,
-            headers=self._headers,
-            timeout_s=self._timeout_s,
-            provider=self.name,
-        )
+        events = self._http.stream_events(self._endpoint, body)
         async with aclosing(events) as received:
             async for event in received:
                 text = stream.add(event)

@@ -23,6 +23,7 @@ from app.llm.types import (
     ToolCall,
 )
 from app.llm.wire import (
+    Endpoint,
     ModelHttp,
     as_int,
     as_object,
@@ -47,12 +48,16 @@ class OpenAIProvider:
     ) -> None:
         self.name = name
         self._http = http
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json"}
         # Local servers (Ollama, llama.cpp) need no key; sending an empty bearer confuses some.
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
-        self._timeout_s = timeout_s
+            headers["authorization"] = f"Bearer {api_key}"
+        self._endpoint = Endpoint(
+            url=base_url.rstrip("/") + "/chat/completions",
+            headers=headers,
+            timeout_s=timeout_s,
+            provider=name,
+        )
 
     async def complete(
         self, request: LLMRequest, *, on_delta: DeltaCallback | None = None
@@ -60,24 +65,12 @@ class OpenAIProvider:
         """Answer `request`; stream and call `on_delta` with text chunks when it is given."""
         body = build_body(request)
         if on_delta is None:
-            answer = await self._http.post_json(
-                self._url,
-                body=body,
-                headers=self._headers,
-                timeout_s=self._timeout_s,
-                provider=self.name,
-            )
+            answer = await self._http.post_json(self._endpoint, body)
             return parse_response(answer, request=request, provider=self.name)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         stream = _StreamState(model=request.model)
-        events = self._http.stream_events(
-            self._url,
-            body=body,
-            headers=self._headers,
-            timeout_s=self._timeout_s,
-            provider=self.name,
-        )
+        events = self._http.stream_events(self._endpoint, body)
         async with aclosing(events) as chunks:
             async for chunk in chunks:
                 text = stream.add(chunk)

@@ -11,6 +11,7 @@ import functools
 import math
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -75,6 +76,18 @@ def parse_arguments(text: str) -> tuple[JsonObject, str | None]:
     return {}, text
 
 
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """Where one provider's calls go and how: its URL, headers, timeout and name."""
+
+    url: str
+    headers: Mapping[str, str]
+    timeout_s: float
+    """Bounds the connection and each wait for bytes (the retry layer bounds the attempt)."""
+    provider: str
+    """Named in errors."""
+
+
 class ModelHttp:
     """The one HTTP client of this process's model calls: pooled keep-alive connections
     over aiohttp, shared by every provider and run. It keeps no cookies (a cookie one run's
@@ -94,19 +107,11 @@ class ModelHttp:
     async def aclose(self) -> None:
         await self._session.close()
 
-    async def post_json(
-        self,
-        url: str,
-        *,
-        body: JsonObject,
-        headers: Mapping[str, str],
-        timeout_s: float,
-        provider: str,
-    ) -> JsonObject:
-        """POST `body` and return the JSON object answered, or raise a `ProviderError`.
-        `timeout_s` bounds the connection and each wait for bytes."""
+    async def post_json(self, to: Endpoint, body: JsonObject) -> JsonObject:
+        """POST `body` and return the JSON object answered, or raise a `ProviderError`."""
+        provider = to.provider
         try:
-            async with self._post(url, body, headers, timeout_s) as response:
+            async with self._post(to, body) as response:
                 content = await _read_capped(response, provider)
         except _WIRE_ERRORS as exc:
             raise _transport_error(exc, provider) from exc
@@ -126,21 +131,14 @@ class ModelHttp:
         return value
 
     async def stream_events(
-        self,
-        url: str,
-        *,
-        body: JsonObject,
-        headers: Mapping[str, str],
-        timeout_s: float,
-        provider: str,
+        self, to: Endpoint, body: JsonObject
     ) -> AsyncGenerator[JsonObject, None]:
         """POST `body` and yield the JSON object of each SSE `data:` line until `[DONE]`.
-
-        `timeout_s` bounds each wait for bytes here; the retry layer bounds the whole
-        attempt (`AGENTSVC_LLM_TIMEOUT_S`), streamed or not. Use with `contextlib.aclosing`.
-        """
+        The retry layer bounds the whole attempt (`AGENTSVC_LLM_TIMEOUT_S`), streamed or
+        not. Use with `contextlib.aclosing`."""
+        provider = to.provider
         try:
-            async with self._post(url, body, headers, timeout_s) as response:
+            async with self._post(to, body) as response:
                 if response.status >= 300:
                     _check_status(response, await _read_capped(response, provider), provider)
                 async for line in _lines(response, provider):
@@ -154,13 +152,13 @@ class ModelHttp:
             raise _transport_error(exc, provider) from exc
 
     def _post(
-        self, url: str, body: JsonObject, headers: Mapping[str, str], timeout_s: float
+        self, to: Endpoint, body: JsonObject
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         return self._session.post(
-            url,
+            to.url,
             data=orjson.dumps(body),
-            headers=headers,
-            timeout=_timeout(timeout_s),
+            headers=to.headers,
+            timeout=_timeout(to.timeout_s),
             allow_redirects=False,
         )
 

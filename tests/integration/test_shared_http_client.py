@@ -12,7 +12,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from app.lifespan import shared_http_client
-from app.llm.wire import ModelHttp
+from app.llm.wire import Endpoint, ModelHttp
 from tests.fakes.loopback import serve_app
 
 
@@ -51,11 +51,7 @@ async def test_a_cookie_a_model_server_set_is_not_sent_with_the_next_call() -> N
             url = base_url.replace("127.0.0.1", "localhost") + "/v1/chat/completions"
             for _ in range(2):
                 answer = await http.post_json(
-                    url,
-                    body={},
-                    headers={},
-                    timeout_s=5,
-                    provider="openai",
+                    Endpoint(url=url, headers={}, timeout_s=5, provider="openai"), {}
                 )
                 assert answer == {"ok": True}
     finally:
@@ -81,13 +77,13 @@ async def test_model_calls_go_through_the_proxy_the_environment_names(
     try:
         async with serve_app(proxy) as proxy_url:
             monkeypatch.setenv("HTTP_PROXY", proxy_url)
-            answer = await http.post_json(
-                "http://models.example/v1/chat/completions",
-                body={},
+            to = Endpoint(
+                url="http://models.example/v1/chat/completions",
                 headers={},
                 timeout_s=5,
                 provider="openai",
             )
+            answer = await http.post_json(to, {})
     finally:
         await http.aclose()
     assert answer == {"ok": True}
