@@ -33,6 +33,9 @@ _MAX_ERROR_TEXT = 500
 MAX_ANSWER_BYTES = 8 * 2**20
 """The most of one answer (or of one streamed event) read, decompressed: a model's longest
 answer is well under 1 MiB; more is a broken or hostile server, not read into memory."""
+MAX_CONNECTIONS = 200
+"""Model calls in flight at once per process; more wait for a connection (within the
+call's timeout)."""
 MAX_CALL_TOKENS = 100_000_000
 """More tokens than any model's window: a usage above it cannot be true."""
 _WIRE_ERRORS = (aiohttp.ClientError, OSError)
@@ -96,9 +99,9 @@ class ModelHttp:
     aiohttp directly, not httpx over it: httpx's request and response models cost
     160 µs of CPU per call on top of aiohttp's 60 (BENCHMARKS.md, 2026-11-29)."""
 
-    def __init__(self, *, max_connections: int = 200) -> None:
+    def __init__(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections),
+            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
             cookie_jar=aiohttp.DummyCookieJar(),
             # HTTP(S)_PROXY and NO_PROXY apply, as they did with httpx.
             trust_env=True,
