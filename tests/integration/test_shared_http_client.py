@@ -62,21 +62,22 @@ async def test_a_cookie_a_model_server_set_is_not_sent_with_the_next_call() -> N
 async def test_model_calls_go_through_the_proxy_the_environment_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seen: list[tuple[str, bytes | None]] = []
+    seen: list[tuple[str, bytes | None, bytes | None]] = []
 
     async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        seen.append((scope["path"], dict(scope["headers"]).get(b"host")))
+        headers = dict(scope["headers"])
+        seen.append((scope["path"], headers.get(b"host"), headers.get(b"proxy-authorization")))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b'{"ok": true}'})
 
     for name in ("NO_PROXY", "no_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
-    http = ModelHttp()
-    try:
-        async with serve_app(proxy) as proxy_url:
-            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    async with serve_app(proxy) as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url.replace("http://", "http://me:secret@"))
+        http = ModelHttp()
+        try:
             to = Endpoint(
                 url="http://models.example/v1/chat/completions",
                 headers={},
@@ -84,7 +85,31 @@ async def test_model_calls_go_through_the_proxy_the_environment_names(
                 provider="openai",
             )
             answer = await http.post_json(to, {})
-    finally:
-        await http.aclose()
+        finally:
+            await http.aclose()
     assert answer == {"ok": True}
-    assert seen == [("http://models.example/v1/chat/completions", b"models.example")]
+    # The proxy's credentials (from its URL) go to the proxy alone, as Basic auth.
+    assert seen == [
+        ("http://models.example/v1/chat/completions", b"models.example", b"Basic bWU6c2VjcmV0")
+    ]
+
+
+async def test_a_host_no_proxy_names_is_called_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def model(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"ok": true}'})
+
+    for name in ("no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    # A proxy nobody listens on: the call succeeds only if it goes around it.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with serve_app(model) as base_url:
+        http = ModelHttp()
+        try:
+            to = Endpoint(url=f"{base_url}/v1", headers={}, timeout_s=5, provider="openai")
+            assert await http.post_json(to, {}) == {"ok": True}
+        finally:
+            await http.aclose()
