@@ -11,6 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
+from app.bus.wakeups import LISTEN_APPLICATION
 from bench.pg import admin_dsn
 from bench.procs import BenchError
 
@@ -128,8 +129,9 @@ async def _listeners(dsn: str, name: str) -> int:
         return int(
             await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
-                " AND application_name LIKE 'agentsvc-listen %'",
+                " AND application_name LIKE $2 || ' %'",
                 name,
+                LISTEN_APPLICATION,
             )
         )
     finally:

@@ -41,6 +41,9 @@ CHECK_S = 15.0
 """An idle LISTEN connection is asked to answer this often (a dead peer sends no close)."""
 ANSWER_S = 5.0
 """How long it may take to answer (or to connect) before it counts as lost."""
+LISTEN_APPLICATION = "agentsvc-listen"
+"""The application name of each process's LISTEN session (then its owner), as
+`pg_stat_activity` shows it."""
 RECONNECT_MAX_S = 30.0
 """The longest wait between attempts to open it again."""
 
@@ -105,7 +108,7 @@ class Wakeups:
         conn = await asyncpg.connect(
             dsn,
             timeout=ANSWER_S,
-            server_settings={"application_name": f"agentsvc-listen {self._owner}"[:63]},
+            server_settings={"application_name": f"{LISTEN_APPLICATION} {self._owner}"[:63]},
         )
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())

@@ -106,9 +106,8 @@ class ModelHttp:
             connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        # HTTP(S)_PROXY and NO_PROXY apply, as they did with httpx: read once, as httpx
-        # did (aiohttp's trust_env reads them, and ~/.netrc, on every call: +210 µs).
-        self._proxies = urllib.request.getproxies_environment()
+        # HTTP(S)_PROXY and NO_PROXY apply, as they did with httpx, read once per endpoint
+        # (aiohttp's trust_env reads them, and ~/.netrc, in a thread on every call: +210 µs).
         self._proxy_of: dict[str, str | None] = {}
 
     async def aclose(self) -> None:
@@ -175,7 +174,7 @@ class ModelHttp:
         """The proxy the environment names for `url`, if any."""
         if url not in self._proxy_of:
             parts = urllib.parse.urlsplit(url)
-            proxy = self._proxies.get(parts.scheme)
+            proxy = urllib.request.getproxies().get(parts.scheme)
             bypass = proxy is not None and urllib.request.proxy_bypass(parts.hostname or "")
             self._proxy_of[url] = None if bypass else proxy
         return self._proxy_of[url]

@@ -91,7 +91,9 @@ class ToolRegistry:
     """Every tool known to the service, by name."""
 
     tools: dict[str, Tool] = field(default_factory=dict)
-    _offers: dict[frozenset[str], ToolOffer] = field(default_factory=dict, repr=False)
+    _offers: dict[frozenset[str], ToolOffer] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def add(self, tool: Tool) -> None:
         if tool.name in self.tools:

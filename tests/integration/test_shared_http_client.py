@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.lifespan import shared_http_client
 from app.llm.wire import Endpoint, ModelHttp
@@ -59,12 +59,14 @@ async def test_a_cookie_a_model_server_set_is_not_sent_with_the_next_call() -> N
     assert seen == [None, None]
 
 
-async def test_model_calls_go_through_the_proxy_the_environment_names(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    seen: list[tuple[str, bytes | None, bytes | None]] = []
+Seen = list[tuple[str, bytes | None, bytes | None]]
 
-    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+
+def answering_ok(seen: Seen) -> ASGIApp:
+    """A server (a proxy or a model) that notes each request's target, Host and
+    Proxy-Authorization and answers `{"ok": true}`."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         headers = dict(scope["headers"])
@@ -72,10 +74,22 @@ async def test_model_calls_go_through_the_proxy_the_environment_names(
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b'{"ok": true}'})
 
-    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+    return app
+
+
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    async with serve_app(proxy) as proxy_url:
-        monkeypatch.setenv("HTTP_PROXY", proxy_url.replace("http://", "http://me:secret@"))
+    return monkeypatch
+
+
+async def test_model_calls_go_through_the_proxy_the_environment_names(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    seen: Seen = []
+    async with serve_app(answering_ok(seen)) as proxy_url:
+        no_proxy_settings.setenv("HTTP_PROXY", proxy_url.replace("http://", "http://me:secret@"))
         http = ModelHttp()
         try:
             to = Endpoint(
@@ -94,22 +108,32 @@ async def test_model_calls_go_through_the_proxy_the_environment_names(
     ]
 
 
-async def test_a_host_no_proxy_names_is_called_directly(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def model(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b'{"ok": true}'})
-
-    for name in ("no_proxy", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
+async def test_a_host_no_proxy_names_is_called_directly(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
     # A proxy nobody listens on: the call succeeds only if it goes around it.
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    async with serve_app(model) as base_url:
+    no_proxy_settings.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    no_proxy_settings.setenv("NO_PROXY", "127.0.0.1")
+    seen: Seen = []
+    async with serve_app(answering_ok(seen)) as base_url:
         http = ModelHttp()
         try:
             to = Endpoint(url=f"{base_url}/v1", headers={}, timeout_s=5, provider="openai")
             assert await http.post_json(to, {}) == {"ok": True}
         finally:
             await http.aclose()
+    assert [path for path, _, _ in seen] == ["/v1"]
+
+
+async def test_the_tools_client_goes_through_the_proxy_too(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    seen: Seen = []
+    async with serve_app(answering_ok(seen)) as proxy_url:
+        no_proxy_settings.setenv("HTTP_PROXY", proxy_url)
+        async with shared_http_client(timeout_s=5) as http:
+            response = await http.get("http://docs.example/page")
+    assert response.json() == {"ok": True}
+    assert [(path, host) for path, host, _ in seen] == [
+        ("http://docs.example/page", b"docs.example")
+    ]

@@ -110,3 +110,17 @@ async def test_loopback_is_refused_without_the_allowlist(receiver: Receiver) -> 
         "refused: 127.0.0.1 resolves to 127.0.0.1 (loopback); only public addresses are allowed"
     )
     assert receiver.received == []
+
+
+async def test_a_proxy_in_the_environment_is_never_taken(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Dialled at the checked address, never through a proxy that would dial it anew.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    transport = GuardedTransport(allowed_hosts={"127.0.0.1"})
+    async with httpx.AsyncClient(transport=transport) as client:
+        result = await deliver(client, receiver.url)
+    assert result.ok
+    assert len(receiver.received) == 1
